@@ -1,0 +1,1 @@
+"""litbert callbacks."""

@@ -1,0 +1,1 @@
+"""Plain model code (no Lightning): resolving, building, extracting and converting Hugging Face models."""
