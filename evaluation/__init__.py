@@ -1,0 +1,1 @@
+"""Plain evaluation code: GLUE metrics, SQuAD scoring and post-processing, prediction writers."""
