@@ -1,0 +1,350 @@
+"""LitBertDataModule: what every litbert DataModule shares.
+
+- the tokenizer (any Hugging Face fast tokenizer, `models.pretrained.load_tokenizer`) and the data facts that
+  train.py links into the model (`task_name`, `num_labels`, `label_names`, `is_regression`, `vocab_size`,
+  `pad_token_id`), all set in `__init__`;
+- DATA_DIR resolution (`data_dir` argument, else `$DATA_DIR`, else `./data`);
+- an on-disk cache of tokenized `datasets.Dataset`s keyed by the tokenizer's content, the source files' content and
+  every setting that changes the result (written to a temporary folder and renamed: never half-written);
+- dataloaders with dynamic padding (`DataCollatorWithPadding`) and optional length-grouped batches;
+- reading TSV/CSV/JSON-lines files with line numbers, and `DataFormatError` for bad input (file, line, expectation).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from datamodules.samplers import LengthGroupedSampler
+from models.pretrained import load_tokenizer
+
+CACHE_FORMAT_VERSION = 1  # bump when a builder's output changes for the same settings
+
+
+class DataFormatError(ValueError):
+    """Bad input data: names the file, the line (or record) and what was expected."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """`data_dir` if given, else `$DATA_DIR`, else `./data`."""
+    return Path(data_dir or os.environ.get("DATA_DIR") or "data").expanduser()
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    """`cache_dir` if given, else `$LITBERT_CACHE`, else `~/.cache/litbert`."""
+    return Path(cache_dir or os.environ.get("LITBERT_CACHE") or "~/.cache/litbert").expanduser()
+
+
+def resolve_data_file(data_dir: Path, path: str | os.PathLike) -> Path:
+    """A path relative to DATA_DIR (absolute paths are kept); a clear error if the file does not exist."""
+    full = Path(path).expanduser()
+    if not full.is_absolute():
+        full = data_dir / full
+    if not full.is_file():
+        raise FileNotFoundError(
+            f"data file not found: {full} (relative paths are read under data_dir={data_dir}; "
+            f"set data_dir or $DATA_DIR to the folder that holds it)"
+        )
+    return full
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (a copy of the data elsewhere hits the same cache entry)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 of what decides the tokenizer's output: its `tokenizer.json` content, class, specials and sides.
+
+    The backend's truncation/padding state is left out: it changes with each call's arguments, not the tokenizer.
+    """
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend.pop("truncation", None)
+    backend.pop("padding", None)
+    payload = {
+        "class": type(tokenizer).__name__,
+        "backend": backend,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "padding_side": tokenizer.padding_side,
+        "truncation_side": tokenizer.truncation_side,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def key_digest(key: dict) -> str:
+    """A short stable digest of a cache key (also used as the `datasets` fingerprint of the map that builds it)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def decode_text_file(path: Path, encoding: str = "utf-8") -> str:
+    """Read a whole text file; undecodable bytes raise DataFormatError with the line number."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataFormatError(
+            f"{path}, line {line}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding} "
+            f"(set the file encoding option if the file is not {encoding})"
+        ) from None
+
+
+# ---- reading tabular files (TSV with quoting off, CSV, JSON lines) with line numbers ---------------------------
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long SQuAD-derived sentences exceed the 128 KiB default
+
+Column = str | int  # a header name / JSON key, or a 0-based index
+
+
+@dataclass
+class Table:
+    """A file's rows: `header` (None without one), `rows` as lists (TSV/CSV) or dicts (JSON lines), `line_numbers`."""
+    path: Path
+    header: list[str] | None
+    rows: list
+    line_numbers: list[int]
+    is_json: bool = False
+
+    def column_reader(self, column: Column, required: bool = True):
+        """A function row -> value for `column` (a header name, a 0-based index, or a JSON key); None if absent."""
+        if self.is_json:
+            if not isinstance(column, str):
+                raise DataFormatError(f"{self.path}: JSON lines records are read by key, got column index {column}")
+            if not required and self.rows and column not in self.rows[0]:
+                return None
+            return lambda row: row[column]
+        if isinstance(column, str):
+            if self.header is None:
+                raise DataFormatError(f"{self.path}: column {column!r} given by name but the file is read without a "
+                                      f"header line (header: false); give 0-based column indices instead")
+            if column not in self.header:
+                if not required:
+                    return None
+                raise DataFormatError(f"{self.path}, line 1: missing column {column!r}; the header has {self.header}")
+            index = self.header.index(column)
+        else:
+            index = int(column)
+            width = len(self.header) if self.header is not None else (len(self.rows[0]) if self.rows else 0)
+            if not 0 <= index < width:
+                if not required:
+                    return None
+                raise DataFormatError(f"{self.path}: column index {index} is out of range for rows of {width} columns")
+        return lambda row: row[index]
+
+    def values(self, column: Column) -> list:
+        """Every row's value of `column`; a JSON record without the key is an error naming its line."""
+        read = self.column_reader(column)
+        out = []
+        for row, line in zip(self.rows, self.line_numbers):
+            try:
+                out.append(read(row))
+            except KeyError:
+                raise DataFormatError(f"{self.path}, line {line}: missing key {column!r} in the JSON record") from None
+        return out
+
+
+def file_format(path: Path) -> str:
+    """'tsv', 'csv' or 'jsonl' from the file extension."""
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".txt"):
+        return "tsv"
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    raise DataFormatError(f"{path}: cannot tell the format from the extension {suffix!r}; "
+                          f"expected .tsv, .csv, .jsonl or .json (JSON lines)")
+
+
+def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Table:
+    """Read a TSV (quoting off), CSV or JSON-lines file; every row must have as many columns as the first line.
+
+    A UTF-8 byte-order mark (MRPC) is dropped; blank lines are skipped; errors name the file and line.
+    """
+    fmt = file_format(path)
+    text = decode_text_file(path, encoding)
+    text = text.removeprefix("\ufeff")
+    if fmt == "jsonl":
+        rows, lines = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}, line {number}: not a JSON object ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{path}, line {number}: expected a JSON object per line, got "
+                                      f"{type(record).__name__}")
+            rows.append(record)
+            lines.append(number)
+        return Table(path, None, rows, lines, is_json=True)
+
+    if fmt == "tsv":
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
+    table_header, rows, lines, width = None, [], [], None
+    try:
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if width is None:
+                width = len(row)
+                if header:
+                    table_header = row
+                    continue
+            if len(row) != width:
+                raise DataFormatError(f"{path}, line {reader.line_num}: expected {width} {kind} columns "
+                                      f"(as in the {'header' if header else 'first line'}), found {len(row)}")
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as err:
+        raise DataFormatError(f"{path}, line {reader.line_num}: malformed {fmt.upper()} ({err})") from None
+    return Table(path, table_header, rows, lines)
+
+
+class LitBertDataModule(pl.LightningDataModule):
+    """Base DataModule: tokenizer, data facts, DATA_DIR, tokenized-dataset cache, dataloaders.
+
+    Args:
+        tokenizer: a tokenizer directory, hub name or `packaged:all-minilm-l6-v2`.
+        data_dir: root of the data (None: `$DATA_DIR`, else `./data`); relative file options are read under it.
+        max_seq_length: longest tokenized sequence (longer inputs are truncated or split into windows/blocks).
+        batch_size / eval_batch_size: training / evaluation batch sizes (eval defaults to batch_size).
+        num_workers: DataLoader worker processes.
+        num_proc: processes for tokenization (`datasets.map(num_proc=...)`).
+        group_by_length: batch training examples of similar length (`datamodules.samplers.LengthGroupedSampler`).
+        pad_to_multiple_of: pad each batch's length to a multiple of this (8 suits tensor cores); None: longest.
+        cache_dir: tokenized-dataset cache (None: `$LITBERT_CACHE`, else `~/.cache/litbert`).
+        seed: seed of the length-grouped sampler's shuffling.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        data_dir: str | None = None,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int = 1,
+        group_by_length: bool = False,
+        pad_to_multiple_of: int | None = None,
+        cache_dir: str | None = None,
+        seed: int = 42,
+    ):
+        super().__init__()
+        if max_seq_length < 8:
+            raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
+        self.tokenizer_name = tokenizer
+        self.tokenizer = load_tokenizer(tokenizer)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"tokenizer {tokenizer!r} is not a fast tokenizer (offset mappings need one)")
+        self.data_dir = resolve_data_dir(data_dir)
+        self.cache_dir = resolve_cache_dir(cache_dir)
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = max(1, num_proc)
+        self.group_by_length = group_by_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.seed = seed
+        # Data facts (docs/ARCHITECTURE.md); subclasses overwrite what applies to them.
+        self.task_name: str | None = None
+        self.num_labels: int | None = None
+        self.label_names: list[str] | None = None
+        self.is_regression: bool = False
+        self.vocab_size = len(self.tokenizer)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        self.collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    # ---- cache -------------------------------------------------------------------------------------------------
+    def cache_key(self, **settings: Any) -> dict:
+        """What identifies a tokenized dataset: class, tokenizer content, cache format and the given settings."""
+        return {"builder": type(self).__name__, "format": CACHE_FORMAT_VERSION,
+                "tokenizer": tokenizer_digest(self.tokenizer), **settings}
+
+    def cached_dataset(self, name: str, key: dict, build: Callable[[], Any]):
+        """Load `<cache_dir>/<name>-<hash(key)>` if present, else `build()` it and save it atomically.
+
+        `build` returns a `datasets.Dataset`; it is saved to a temporary folder next to the target and renamed, so an
+        error or interruption never leaves a half-written entry. `key` must hold everything that changes the result.
+        """
+        import datasets
+
+        target = self.cache_dir / f"{name}-{key_digest(key)}"
+        if (target / "dataset_info.json").is_file():
+            return datasets.load_from_disk(str(target))
+        bars_were_on = not datasets.utils.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # a build prints one bar per map/save otherwise
+        tmp = None
+        try:
+            dataset = build()
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.cache_dir))
+            dataset.save_to_disk(str(tmp))
+            (tmp / "litbert_key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process finished the same entry first: keep theirs
+                if not (target / "dataset_info.json").is_file():
+                    raise
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if bars_were_on:
+                datasets.enable_progress_bars()
+        return datasets.load_from_disk(str(target))
+
+    def map_kwargs(self, n_rows: int, digest: str) -> dict:
+        """Arguments for `Dataset.map` on freshly built in-memory data: several processes when worth it."""
+        num_proc = self.num_proc if n_rows >= 2 * self.num_proc and self.num_proc > 1 else None
+        return dict(batched=True, num_proc=num_proc, new_fingerprint=digest, load_from_cache_file=False)
+
+    # ---- dataloaders -------------------------------------------------------------------------------------------
+    def make_dataloader(self, dataset, train: bool, columns: list[str] | None = None) -> DataLoader:
+        """A DataLoader over `dataset` (only `columns` kept), padded per batch; shuffled or length-grouped if train."""
+        if columns is not None:
+            dataset = dataset.select_columns([c for c in columns if c in dataset.column_names])
+        batch_size = self.batch_size if train else self.eval_batch_size
+        sampler = None
+        if train and self.group_by_length:
+            sampler = LengthGroupedSampler(dataset["length"] if "length" in dataset.column_names
+                                           else [len(ids) for ids in dataset["input_ids"]],
+                                           batch_size=batch_size, seed=self.seed)
+            if "length" in dataset.column_names:
+                dataset = dataset.remove_columns("length")
+        elif "length" in dataset.column_names:
+            dataset = dataset.remove_columns("length")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def state_summary(self) -> dict:
+        """The data facts as a dict (for logs and model cards)."""
+        return {k: getattr(self, k) for k in ("task_name", "num_labels", "label_names", "is_regression",
+                                              "vocab_size", "pad_token_id")}

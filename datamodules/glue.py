@@ -1,0 +1,311 @@
+"""GLUE tasks (classic TSV layout or the hub) and your own classification/regression files (CSV, TSV, JSON lines).
+
+`GLUE_TASKS` is the table of task facts (files, columns, labels, metrics) that the fine-tuning code imports, e.g.
+`GLUE_TASKS["cola"].metrics == ("matthews",)`. Task names are accepted as `SST-2`, `sst2`, `sst-2`, ...
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+from datamodules.base import (DataFormatError, LitBertDataModule, Table, file_digest, key_digest, read_table,
+                              resolve_data_file)
+
+BATCH_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "labels", "example_index"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task's facts. Columns are header names, or 0-based indices for files without a header (CoLA).
+
+    `dev_files` / `test_files`: (split name, file name, hub split) per evaluation set (MNLI has two).
+    `hub_label_names[i]` is the label string (one of `label_names`) of the hub's integer label i.
+    """
+    name: str
+    folder: str
+    text_columns: tuple
+    label_column: str | int
+    label_names: tuple[str, ...] | None  # None: regression
+    metrics: tuple[str, ...]
+    main_metric: str
+    header: bool = True
+    train_file: str = "train.tsv"
+    dev_files: tuple = (("dev", "dev.tsv", "validation"),)
+    test_files: tuple = (("test", "test.tsv", "test"),)
+    test_text_columns: tuple | None = None  # test.tsv names its columns differently (CoLA)
+    hub_text_columns: tuple = ("sentence1", "sentence2")
+    hub_label_names: tuple[str, ...] | None = ("0", "1")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
+
+
+_ENTAIL = ("entailment", "not_entailment")
+GLUE_TASKS: dict[str, TaskSpec] = {s.name: s for s in (
+    TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), ("matthews",), "matthews", header=False,
+             test_text_columns=("sentence",), hub_text_columns=("sentence",)),
+    TaskSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",), "accuracy",
+             hub_text_columns=("sentence",)),
+    TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("f1", "accuracy"), "f1"),
+    TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "pearson",
+             hub_label_names=None),
+    TaskSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("f1", "accuracy"), "f1",
+             hub_text_columns=("question1", "question2")),
+    TaskSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
+             ("accuracy",), "accuracy",
+             dev_files=(("matched", "dev_matched.tsv", "validation_matched"),
+                        ("mismatched", "dev_mismatched.tsv", "validation_mismatched")),
+             test_files=(("matched", "test_matched.tsv", "test_matched"),
+                         ("mismatched", "test_mismatched.tsv", "test_mismatched")),
+             hub_text_columns=("premise", "hypothesis"), hub_label_names=("entailment", "neutral", "contradiction")),
+    TaskSpec("qnli", "QNLI", ("question", "sentence"), "label", _ENTAIL, ("accuracy",), "accuracy",
+             hub_text_columns=("question", "sentence"), hub_label_names=_ENTAIL),
+    TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label", _ENTAIL, ("accuracy",), "accuracy",
+             hub_label_names=_ENTAIL),
+    TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",), "accuracy"),
+)}
+
+
+def normalize_task_name(name: str) -> str:
+    """'SST-2' / 'sst2' / 'STS_B' -> 'sst2' / 'stsb'; 'custom' stays; anything else is a clear error."""
+    key = name.lower().replace("-", "").replace("_", "")
+    if key in GLUE_TASKS or key == "custom":
+        return key
+    raise ValueError(f"unknown task_name {name!r}; expected one of {sorted(GLUE_TASKS)} (any case, 'SST-2' or "
+                     f"'sst2' style) or 'custom' with train_file/validation_file")
+
+
+def infer_label_names(values: list[str]) -> list[str]:
+    """Distinct labels, sorted (numerically when all are integers)."""
+    distinct = {str(v).strip() for v in values}
+    try:
+        return sorted(distinct, key=int)
+    except ValueError:
+        return sorted(distinct)
+
+
+def tokenize_pairs(batch: dict, tokenizer, max_seq_length: int) -> dict:
+    """Tokenize one column or a pair (`text_b`), truncating the longest side to `max_seq_length`."""
+    pair = [batch["text_b"]] if "text_b" in batch else []
+    return tokenizer(batch["text_a"], *pair, truncation=True, max_length=max_seq_length)
+
+
+class GLUEDataModule(LitBertDataModule):
+    """A GLUE task from `<data_dir>/glue/<TASK>/*.tsv` (or the hub with `hub_name`), or your own files (`custom`).
+
+    Batches: `input_ids`, `attention_mask`, [`token_type_ids`], `labels` (long, float for regression; absent for
+    unlabelled test rows), `example_index` (row number in the split). MNLI validates on [matched, mismatched]
+    (`val_split_names`); `test` uses the labelled dev files too; `predict_split` is "dev" or "test" (test.tsv).
+
+    Args (besides LitBertDataModule's):
+        task_name: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (any case, "SST-2" style too) or "custom".
+        hub_name: e.g. "nyu-mll/glue" to load the task with `datasets.load_dataset` (needs the network).
+        predict_split: "dev" or "test".
+        max_train_samples / max_eval_samples: keep the FIRST N rows of each split (deterministic), for quick runs.
+        train_file / validation_file / test_file: custom files (.csv, .tsv, .jsonl), relative to data_dir or absolute.
+        text_columns: one or two columns (header names, JSON keys, or 0-based indices when header is false).
+        label_column: the label column; label_names: the label list (None: the train file's labels, sorted).
+        header: whether CSV/TSV files start with a header line. is_regression: float labels (num_labels 1).
+        encoding: the files' text encoding.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        task_name: str = "sst2",
+        data_dir: str | None = None,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int = 1,
+        group_by_length: bool = False,
+        pad_to_multiple_of: int | None = None,
+        cache_dir: str | None = None,
+        seed: int = 42,
+        hub_name: str | None = None,
+        predict_split: str = "dev",
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        train_file: str | None = None,
+        validation_file: str | None = None,
+        test_file: str | None = None,
+        text_columns: list[str | int] | None = None,
+        label_column: str | int | None = None,
+        header: bool = True,
+        label_names: list[str] | None = None,
+        is_regression: bool = False,
+        encoding: str = "utf-8",
+    ):
+        super().__init__(tokenizer, data_dir, max_seq_length, batch_size, eval_batch_size, num_workers, num_proc,
+                         group_by_length, pad_to_multiple_of, cache_dir, seed)
+        self.save_hyperparameters()
+        if predict_split not in ("dev", "test"):
+            raise ValueError(f"predict_split must be 'dev' or 'test', got {predict_split!r}")
+        self.task_name = normalize_task_name(task_name)
+        self.hub_name, self.predict_split, self.encoding = hub_name, predict_split, encoding
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self.header = header
+        if self.task_name == "custom":
+            self.spec = self._custom_spec(train_file, validation_file, test_file, text_columns, label_column,
+                                          label_names, is_regression)
+            self.files = {"train": [("train", train_file)], "dev": [("dev", validation_file)],
+                          "test": [("test", test_file)]}
+        else:
+            if hub_name is None and any(x is not None for x in (train_file, validation_file, test_file)):
+                raise ValueError(f"train_file/validation_file/test_file are for task_name 'custom', not "
+                                 f"{self.task_name!r} (whose files are {data_dir or '$DATA_DIR'}/glue/<TASK>/)")
+            self.spec = GLUE_TASKS[self.task_name]
+            self.header = self.spec.header
+            glue_dir = Path("glue") / self.spec.folder
+            self.files = {"train": [("train", str(glue_dir / self.spec.train_file))],
+                          "dev": [(n, str(glue_dir / f)) for n, f, _ in self.spec.dev_files],
+                          "test": [(n, str(glue_dir / f)) for n, f, _ in self.spec.test_files]}
+        self.num_labels = self.spec.num_labels
+        self.label_names = None if self.spec.is_regression else list(self.spec.label_names)
+        self.is_regression = self.spec.is_regression
+        self.val_split_names = [name for name, _ in self.files["dev"]]
+        self.predict_split_names = [name for name, _ in self.files[predict_split]]
+        self.train_dataset = None
+        self.eval_datasets: list = []
+        self.predict_datasets: list = []
+
+    def _custom_spec(self, train_file, validation_file, test_file, text_columns, label_column, label_names,
+                     is_regression) -> TaskSpec:
+        if not text_columns or len(text_columns) > 2 or label_column is None:
+            raise ValueError("task_name 'custom' needs text_columns (one or two columns) and label_column")
+        if train_file is None and validation_file is None and test_file is None:
+            raise ValueError("task_name 'custom' needs train_file and/or validation_file (or test_file)")
+        if is_regression:
+            label_names = None
+        elif label_names is None:
+            if train_file is None:
+                raise ValueError("task_name 'custom' without train_file needs label_names")
+            table = self._read(train_file)
+            for column in text_columns:  # fail now, not at setup, if a text column is wrong
+                table.column_reader(column)
+            values = table.values(label_column)
+            label_names = infer_label_names(values)
+            if not label_names:
+                raise DataFormatError(f"{table.path}: no rows, so no labels to infer; give label_names")
+        metrics = (("pearson", "spearman") if is_regression
+                   else ("accuracy", "f1") if len(label_names) == 2 else ("accuracy",))
+        return TaskSpec("custom", "", tuple(text_columns), label_column,
+                        None if is_regression else tuple(str(x) for x in label_names), metrics, metrics[0],
+                        header=self.header, hub_label_names=None)
+
+    # ---- reading ------------------------------------------------------------------------------------------------
+    def _read(self, relative: str) -> Table:
+        return read_table(resolve_data_file(self.data_dir, relative), header=self.header, encoding=self.encoding)
+
+    def _labels(self, table: Table, raw: list) -> list:
+        """Label strings -> ids (floats for regression); a value outside the label list names its line."""
+        label_to_id = {name: i for i, name in enumerate(self.spec.label_names or ())}
+        out = []
+        for value, line in zip(raw, table.line_numbers):
+            text = str(value).strip()
+            try:
+                out.append(float(text) if self.is_regression else label_to_id[text])
+            except (KeyError, ValueError):
+                expected = "a number" if self.is_regression else f"one of {list(label_to_id)}"
+                raise DataFormatError(f"{table.path}, line {line}: label {text!r} in column "
+                                      f"{self.spec.label_column!r}; expected {expected}") from None
+        return out
+
+    def _read_file_columns(self, relative: str, split: str) -> dict:
+        """text_a, [text_b], [labels] from a file; test files may lack the label column (GLUE test.tsv)."""
+        # GLUE test.tsv files all have a header line, CoLA's too (with other column names).
+        header = True if split == "test" and self.task_name != "custom" else self.header
+        table = read_table(resolve_data_file(self.data_dir, relative), header=header, encoding=self.encoding)
+        use_test_columns = split == "test" and self.spec.test_text_columns is not None
+        text_columns = self.spec.test_text_columns if use_test_columns else self.spec.text_columns
+        columns = {name: [str(v) for v in table.values(col)] for name, col in zip(("text_a", "text_b"), text_columns)}
+        has_labels = table.column_reader(self.spec.label_column, required=False) is not None
+        if self.task_name != "custom" and table.header is not None and not isinstance(self.spec.label_column, str):
+            has_labels = False  # CoLA's test.tsv: a header, and its label column index points at text
+        if split != "test" or has_labels:
+            columns["labels"] = self._labels(table, table.values(self.spec.label_column))
+        return columns
+
+    def _read_hub_columns(self, hub_split: str) -> tuple[dict, str]:
+        from datasets import load_dataset
+
+        try:
+            data = load_dataset(self.hub_name, self.task_name, split=hub_split)
+        except Exception as err:  # offline, unknown name, no network: one clear message
+            raise ConnectionError(
+                f"could not load hub dataset {self.hub_name!r} (config {self.task_name!r}, split {hub_split!r}): "
+                f"{type(err).__name__}: {err}. Loading from the hub needs the network (HF_HUB_OFFLINE/"
+                f"HF_DATASETS_OFFLINE must be unset); offline, leave hub_name unset and put the GLUE TSVs under "
+                f"{self.data_dir}/glue/{self.spec.folder}/") from err
+        columns = {name: list(data[col]) for name, col in zip(("text_a", "text_b"), self.spec.hub_text_columns)}
+        labels = list(data["label"])
+        if all(label is not None and label != -1 for label in labels):  # test splits have -1
+            if self.is_regression:
+                columns["labels"] = [float(x) for x in labels]
+            else:
+                columns["labels"] = [self.label_names.index(self.spec.hub_label_names[x]) for x in labels]
+        return columns, data._fingerprint
+
+    # ---- building -----------------------------------------------------------------------------------------------
+    def load_split(self, split: str, index: int = 0):
+        """The tokenized dataset of `split` ("train", "dev" or "test"; `index` picks MNLI's matched/mismatched)."""
+        name, relative = self.files[split][index]
+        if relative is None:
+            raise ValueError(f"task_name 'custom' has no {'validation' if split == 'dev' else split}_file set, "
+                             f"but the {split} split is needed for this stage")
+        limit = self.max_train_samples if split == "train" else self.max_eval_samples
+        if self.hub_name:
+            hub_split = {"train": "train", "dev": self.spec.dev_files[index][2],
+                         "test": self.spec.test_files[index][2]}[split]
+            columns, source = self._read_hub_columns(hub_split)
+        else:
+            columns, source = None, file_digest(resolve_data_file(self.data_dir, relative))
+        key = self.cache_key(spec=asdict(self.spec), split=split, source=source, max_seq_length=self.max_seq_length,
+                             limit=limit, encoding=self.encoding, header=self.header)
+
+        def build():
+            from datasets import Dataset
+
+            data = columns if columns is not None else self._read_file_columns(relative, split)
+            n = len(data["text_a"]) if limit is None else min(limit, len(data["text_a"]))
+            data = {k: v[:n] for k, v in data.items()}
+            data["example_index"] = list(range(n))
+            dataset = Dataset.from_dict(data)
+            tokenize = partial(tokenize_pairs, tokenizer=self.tokenizer, max_seq_length=self.max_seq_length)
+            return dataset.map(tokenize, remove_columns=[c for c in ("text_a", "text_b") if c in data],
+                               **self.map_kwargs(n, key_digest(key)))
+
+        return self.cached_dataset(f"{self.task_name}-{split}-{name}", key, build)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self.load_split("train")
+        if stage in (None, "fit", "validate", "test") and not self.eval_datasets:
+            self.eval_datasets = [self.load_split("dev", i) for i in range(len(self.files["dev"]))]
+        if stage in (None, "predict") and not self.predict_datasets:
+            split = self.predict_split
+            self.predict_datasets = [self.load_split(split, i) for i in range(len(self.files[split]))]
+
+    def train_dataloader(self):
+        return self.make_dataloader(self.train_dataset, train=True, columns=BATCH_COLUMNS)
+
+    def _eval_loaders(self, datasets):
+        loaders = [self.make_dataloader(d, train=False, columns=BATCH_COLUMNS) for d in datasets]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def val_dataloader(self):
+        return self._eval_loaders(self.eval_datasets)
+
+    def test_dataloader(self):
+        return self._eval_loaders(self.eval_datasets)
+
+    def predict_dataloader(self):
+        return self._eval_loaders(self.predict_datasets)
+

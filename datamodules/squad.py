@@ -1,0 +1,210 @@
+"""SQuAD v1.1 / v2.0 (or any file in SQuAD JSON format) as extractive-QA features for fast tokenizers.
+
+Each question + context is split into overlapping windows (`max_seq_length` tokens, `doc_stride` tokens of overlap,
+question first and the context truncated when the tokenizer pads on the right). A window's `start_positions` /
+`end_positions` are the answer's first/last tokens, or the CLS index (0) when the question is unanswerable or the
+answer is not fully inside that window. For post-processing the DataModule keeps `eval_examples` (one row per
+question) and `eval_features` (one row per window: `example_index`, `offset_mapping` with None outside the context).
+
+There is no SQuAD train file in the shared data: the documented convention is to train on the first 38 articles of
+dev-v1.1.json and evaluate on the other 10 (`train_articles: [0, 38]`, `eval_articles: [38, 48]`, the defaults).
+"""
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+from datamodules.base import (DataFormatError, LitBertDataModule, decode_text_file, file_digest, key_digest,
+                              resolve_data_file)
+
+TRAIN_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"]
+EVAL_COLUMNS = TRAIN_COLUMNS + ["feature_index"]
+
+
+def load_squad_json(path: Path) -> dict:
+    try:
+        data = json.loads(decode_text_file(path))
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataFormatError(f"{path}: expected a SQuAD JSON object with a 'data' list of articles")
+    return data
+
+
+def is_squad_v2(data: dict) -> bool:
+    """v2.0 when the file says so (`"version": "v2.0"`) or any question has `is_impossible`."""
+    if str(data.get("version", "")).lstrip("v").startswith("2"):
+        return True
+    return any("is_impossible" in qa for article in data["data"] for p in article.get("paragraphs", ())
+               for qa in p.get("qas", ()))
+
+
+def read_squad_examples(path: Path, data: dict, articles: list[int] | None) -> dict:
+    """Columns (one row per question) of the articles `articles = [start, end)` (None: all).
+
+    id, title, question, context, answers (`{"text": [...], "answer_start": [...]}`, as in the hub's `squad`),
+    is_impossible (v2.0's flag, or no gold answer).
+    """
+    n_articles = len(data["data"])
+    if articles is not None and len(articles) != 2:
+        raise ValueError(f"article range {articles} for {path}: expected [start, end)")
+    start, end = (0, n_articles) if articles is None else articles
+    if not 0 <= start < end <= n_articles:
+        raise ValueError(f"article range {articles} is not within the {n_articles} articles of {path} "
+                         f"(expected [start, end) with 0 <= start < end <= {n_articles})")
+    columns = {k: [] for k in ("id", "title", "question", "context", "answers", "is_impossible")}
+    for a in range(start, end):
+        article = data["data"][a]
+        where = f"data[{a}]"
+        try:
+            for p, paragraph in enumerate(article["paragraphs"]):
+                where = f"data[{a}].paragraphs[{p}]"
+                context = paragraph["context"]
+                for q, qa in enumerate(paragraph["qas"]):
+                    where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                    answers = qa["answers"]
+                    columns["id"].append(str(qa["id"]))
+                    columns["title"].append(str(article.get("title", "")))
+                    columns["question"].append(qa["question"])
+                    columns["context"].append(context)
+                    columns["answers"].append({"text": [ans["text"] for ans in answers],
+                                               "answer_start": [int(ans["answer_start"]) for ans in answers]})
+                    columns["is_impossible"].append(bool(qa.get("is_impossible", False)) or not answers)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataFormatError(f"{path}: {where} is malformed ({type(err).__name__}: {err}); expected SQuAD "
+                                  f"format (paragraphs -> context + qas -> id, question, answers)") from None
+    return columns
+
+
+def prepare_features(batch: dict, tokenizer, max_seq_length: int, doc_stride: int) -> dict:
+    """Windows of question + context with answer token positions and context-only offsets (batched map)."""
+    pad_on_right = tokenizer.padding_side == "right"
+    questions = [q.lstrip() for q in batch["question"]]  # leading spaces would take room in every window
+    first, second = (questions, batch["context"]) if pad_on_right else (batch["context"], questions)
+    enc = tokenizer(first, second, truncation="only_second" if pad_on_right else "only_first",
+                    max_length=max_seq_length, stride=doc_stride, return_overflowing_tokens=True,
+                    return_offsets_mapping=True)
+    context_id = 1 if pad_on_right else 0
+    starts, ends, example_index, offsets_out = [], [], [], []
+    for i, offsets in enumerate(enc["offset_mapping"]):
+        sample = enc["overflow_to_sample_mapping"][i]
+        sequence_ids = enc.sequence_ids(i)
+        ids = enc["input_ids"][i]
+        cls_index = ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in ids else 0
+        context_tokens = [k for k, s in enumerate(sequence_ids) if s == context_id]
+        example_index.append(batch["example_index"][sample])
+        offsets_out.append([list(o) if sequence_ids[k] == context_id else None for k, o in enumerate(offsets)])
+        start_token = end_token = cls_index
+        answers = batch["answers"][sample]
+        if answers["text"] and not batch["is_impossible"][sample]:
+            start_char = answers["answer_start"][0]  # train on the first gold answer (as the official scripts)
+            end_char = start_char + len(answers["text"][0])
+            inside = offsets[context_tokens[0]][0] <= start_char and offsets[context_tokens[-1]][1] >= end_char
+            if inside:
+                start_token = max(k for k in context_tokens if offsets[k][0] <= start_char)
+                end_token = min(k for k in context_tokens if offsets[k][1] >= end_char)
+        starts.append(start_token)
+        ends.append(end_token)
+    out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    out.update(start_positions=starts, end_positions=ends, example_index=example_index, offset_mapping=offsets_out)
+    return out
+
+
+class SQuADDataModule(LitBertDataModule):
+    """SQuAD-format extractive QA. Train batches: `input_ids`, `attention_mask`, [`token_type_ids`],
+    `start_positions`, `end_positions`; eval batches add `feature_index` (row of `eval_features`).
+
+    Args (besides LitBertDataModule's; `max_seq_length` defaults to 384 here):
+        train_file / eval_file: SQuAD JSON files relative to data_dir (or absolute). validate/test/predict use
+            eval_file; `eval_examples` / `eval_features` describe it.
+        train_articles / eval_articles: `[start, end)` article ranges of each file (None: every article). Defaults
+            are the convention for the shared data: train on dev-v1.1's articles 0-37, evaluate on 38-47.
+        doc_stride: tokens of overlap between consecutive windows of a long context.
+        version_2_with_negative: None detects v2.0 from the eval file (`version` or `is_impossible`).
+        max_train_samples / max_eval_samples: keep the FIRST N questions (after the article range).
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        train_file: str | None = "squad/dev-v1.1.json",
+        eval_file: str = "squad/dev-v1.1.json",
+        train_articles: list[int] | None = [0, 38],  # noqa: B006 (copied, never mutated)
+        eval_articles: list[int] | None = [38, 48],  # noqa: B006
+        version_2_with_negative: bool | None = None,
+        doc_stride: int = 128,
+        data_dir: str | None = None,
+        max_seq_length: int = 384,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int = 1,
+        group_by_length: bool = False,
+        pad_to_multiple_of: int | None = None,
+        cache_dir: str | None = None,
+        seed: int = 42,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+    ):
+        super().__init__(tokenizer, data_dir, max_seq_length, batch_size, eval_batch_size, num_workers, num_proc,
+                         group_by_length, pad_to_multiple_of, cache_dir, seed)
+        self.save_hyperparameters()
+        if not 0 < doc_stride < max_seq_length // 2:
+            raise ValueError(f"doc_stride must be in (0, max_seq_length / 2), got {doc_stride} with "
+                             f"max_seq_length {max_seq_length}")
+        self.train_file, self.eval_file, self.doc_stride = train_file, eval_file, doc_stride
+        self.articles = {"train": None if train_articles is None else list(train_articles),
+                         "eval": None if eval_articles is None else list(eval_articles)}
+        self.max_samples = {"train": max_train_samples, "eval": max_eval_samples}
+        eval_path = resolve_data_file(self.data_dir, eval_file)
+        if version_2_with_negative is None:
+            version_2_with_negative = is_squad_v2(load_squad_json(eval_path))
+        self.version_2_with_negative = version_2_with_negative
+        self.task_name = "squad_v2" if version_2_with_negative else "squad"
+        self.train_dataset = self.eval_features = self.eval_examples = None
+
+    def load_split(self, split: str):
+        """(examples, features) of "train" (train_file) or "eval" (eval_file) as `datasets.Dataset`s."""
+        from datasets import Dataset
+
+        relative = self.train_file if split == "train" else self.eval_file
+        if relative is None:
+            raise ValueError("SQuADDataModule has train_file: null, but fitting needs a train file")
+        path = resolve_data_file(self.data_dir, relative)
+        examples = read_squad_examples(path, load_squad_json(path), self.articles[split])
+        limit = self.max_samples[split]
+        if limit is not None:
+            examples = {k: v[:limit] for k, v in examples.items()}
+        examples["example_index"] = list(range(len(examples["id"])))
+        examples = Dataset.from_dict(examples)
+        key = self.cache_key(source=file_digest(path), articles=self.articles[split], limit=limit,
+                             max_seq_length=self.max_seq_length, doc_stride=self.doc_stride,
+                             v2=self.version_2_with_negative)
+
+        def build():
+            prepare = partial(prepare_features, tokenizer=self.tokenizer, max_seq_length=self.max_seq_length,
+                              doc_stride=self.doc_stride)
+            features = examples.map(prepare, remove_columns=examples.column_names,
+                                    **self.map_kwargs(len(examples), key_digest(key)))
+            return features.add_column("feature_index", list(range(len(features))))
+
+        return examples, self.cached_dataset(f"squad-{split}", key, build)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            _, self.train_dataset = self.load_split("train")
+        if self.eval_features is None and stage in (None, "fit", "validate", "test", "predict"):
+            self.eval_examples, self.eval_features = self.load_split("eval")
+
+    def train_dataloader(self):
+        return self.make_dataloader(self.train_dataset, train=True, columns=TRAIN_COLUMNS)
+
+    def val_dataloader(self):
+        return self.make_dataloader(self.eval_features, train=False, columns=EVAL_COLUMNS)
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+
+    def predict_dataloader(self):
+        return self.val_dataloader()

@@ -1,0 +1,33 @@
+"""Every YAML in configs/ parses and prints through train.py (the one-batch runs live in each area's tests)."""
+from pathlib import Path
+
+import pytest
+
+import train
+
+CONFIGS = sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+
+
+def test_there_are_configs_for_every_recipe():
+    kinds = {Path(p).parent.name for p in CONFIGS}
+    assert {"mlm", "distill", "finetune"} <= kinds, kinds
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(Path(p).relative_to(Path(p).parents[2])))
+def test_print_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args=["fit", "--config", config, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path:" in printed and "trainer:" in printed
+    assert "seed_everything: 42" in printed or "seed_everything:" in printed
+
+
+def test_precision_default_follows_hardware(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.default_precision() == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert train.default_precision() == "bf16-mixed"
