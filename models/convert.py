@@ -1,0 +1,203 @@
+"""Hugging Face exports without Lightning: which Auto class loads a model, the atomic export directory, rebuilding a
+model from a Lightning `.ckpt`, and pushing an export to the hub.
+
+An export directory is what `save_pretrained` writes (config.json + model.safetensors), the tokenizer files and a
+model card README.md; it loads offline with `AutoModelFor...from_pretrained(dir)` or
+`models.pretrained.load_pretrained`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+# Auto classes tried in order: the first whose mapping gives the model's class (or a parent of it) wins. MaskedLM
+# comes before PreTraining because AutoModelForPreTraining maps DistilBERT/RoBERTa to their *ForMaskedLM classes too.
+AUTO_CLASS_NAMES = (
+    "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForTokenClassification",
+    "AutoModelForMultipleChoice",
+    "AutoModelForCausalLM",
+    "AutoModelForPreTraining",
+    "AutoModel",
+)
+
+
+def auto_class_name(model: torch.nn.Module) -> str:
+    """Name of the transformers Auto class that rebuilds `model`, e.g. "AutoModelForSequenceClassification"."""
+    config_class = type(model.config)
+    for name in AUTO_CLASS_NAMES:
+        try:
+            mapped = getattr(transformers, name)._model_mapping[config_class]
+        except KeyError:
+            continue
+        mapped = mapped if isinstance(mapped, tuple) else (mapped,)
+        if any(issubclass(type(model), cls) for cls in mapped):
+            return name
+    # A class the Auto mappings do not know (a custom subclass): go by the Hugging Face naming convention.
+    class_name = type(model).__name__
+    for name in AUTO_CLASS_NAMES[:-1]:
+        if class_name.endswith(name.removeprefix("AutoModel")):
+            return name
+    raise ValueError(f"no transformers Auto class loads {class_name} (model_type {model.config.model_type!r})")
+
+
+def auto_class(name: str):
+    """The transformers Auto class called `name` (checked against AUTO_CLASS_NAMES)."""
+    if name not in AUTO_CLASS_NAMES:
+        raise ValueError(f"unknown Auto class {name!r}; expected one of {', '.join(AUTO_CLASS_NAMES)}")
+    return getattr(transformers, name)
+
+
+# ---- atomic export directory -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to `target`; on success it replaces `target` by renames.
+
+    If the body raises, the temporary directory is removed and an existing `target` (a previous good export) is left
+    untouched. Replacing an existing directory takes two renames (old out of the way, new in), never a partial copy.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}.tmp-{tag}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = target.parent / f".{target.name}.old-{tag}"
+        if target.exists():
+            target.rename(old)
+        try:
+            tmp.rename(target)
+        except BaseException:
+            if old.exists():
+                old.rename(target)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_export(model, out_dir: str | os.PathLike, tokenizer=None, model_card: str | None = None) -> Path:
+    """Write `model` (safetensors + config), `tokenizer` and the model card README.md to `out_dir`, atomically."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)  # transformers 5 writes safetensors only
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if model_card is not None:
+            (tmp / "README.md").write_text(model_card, encoding="utf-8")
+    return out_dir
+
+
+# ---- Lightning .ckpt -> Hugging Face model ---------------------------------------------------------------------------
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a Lightning `.ckpt` on the CPU. It is a pickle: only open checkpoints you trust."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def hf_model_from_checkpoint(checkpoint: dict[str, Any], prefix: str = "model.", source: str = "checkpoint"):
+    """Rebuild the LightningModule's `self.model` from `checkpoint["hf_model"]` and the `model.` state_dict entries."""
+    meta = checkpoint.get("hf_model")
+    if not meta:
+        raise KeyError(
+            f"{source} has no 'hf_model' entry: it was not saved by a LightningModule that mixes in "
+            "lightning_modules.hf_checkpoint.HFCheckpointMixin, so its Hugging Face model cannot be rebuilt"
+        )
+    config_dict = dict(meta["config"])
+    config = transformers.CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict)
+    model = auto_class(meta["auto_class"]).from_config(config, dtype=torch.float32)
+    # `model._orig_mod.` when the module trained a torch.compile'd model
+    weights = {k[len(prefix):].removeprefix("_orig_mod."): v for k, v in checkpoint["state_dict"].items()
+               if k.startswith(prefix)}
+    if not weights:
+        raise KeyError(f"{source} has no weights under the prefix {prefix!r} in its state_dict")
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def checkpoint_metrics(checkpoint: dict[str, Any]) -> dict[str, float]:
+    """Best monitored scores recorded by ModelCheckpoint callbacks in the checkpoint (e.g. {"val_loss": 2.1})."""
+    metrics = {}
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
+            metrics[f"best {state['monitor']}"] = float(state["best_model_score"])
+    return metrics
+
+
+def convert_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: str | None = None,
+                       command: list[str] | None = None) -> Path:
+    """Turn a Lightning `.ckpt` into the same export directory the HFExport callback writes.
+
+    The tokenizer defaults to `datamodule_hyper_parameters["tokenizer"]`, which LightningCLI stores when the
+    DataModule saved its hyper-parameters.
+    """
+    from models.model_card import render_model_card
+    from models.pretrained import load_tokenizer
+
+    checkpoint = load_checkpoint(ckpt_path)
+    model = hf_model_from_checkpoint(checkpoint, source=str(ckpt_path))
+    data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    tokenizer = tokenizer or data_hparams.get("tokenizer")
+    if not tokenizer:
+        raise ValueError(
+            f"{ckpt_path} does not record the tokenizer (no datamodule_hyper_parameters['tokenizer']): "
+            "pass --tokenizer DIR"
+        )
+    card = render_model_card(
+        model,
+        info=checkpoint["hf_model"].get("model_card_info") or {},
+        hyper_parameters=checkpoint.get("hyper_parameters"),
+        data_hyper_parameters=data_hparams,
+        metrics=checkpoint_metrics(checkpoint),
+        command=command,
+        load_path=str(out_dir),
+        note=f"Converted from the Lightning checkpoint `{Path(ckpt_path).name}` "
+             f"(epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')}).",
+    )
+    try:
+        loaded_tokenizer = load_tokenizer(str(tokenizer))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load the tokenizer {str(tokenizer)!r} for {ckpt_path} (a relative path is taken from "
+                         f"the current directory {os.getcwd()}): {err}; pass --tokenizer DIR") from err
+    return save_export(model, out_dir, loaded_tokenizer, card)
+
+
+# ---- hub -------------------------------------------------------------------------------------------------------------
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set (read now, not only when huggingface_hub was imported)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def push_export_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False,
+                       commit_message: str = "Upload litbert export") -> str:
+    """Create `repo_id` if needed and upload the export `folder`; RuntimeError naming the repo when that fails."""
+    if hub_offline():
+        raise RuntimeError(
+            f"cannot push {folder} to the hub repo {repo_id!r}: HF_HUB_OFFLINE is set (offline mode); "
+            "unset it on a machine with network access, or upload the folder later with `hf upload`"
+        )
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    except Exception as err:  # network, authentication, permissions: all reported the same way
+        raise RuntimeError(f"cannot push {folder} to the hub repo {repo_id!r}: {type(err).__name__}: {err}") from err
+    return str(getattr(commit, "commit_url", commit))
