@@ -1,0 +1,186 @@
+"""MaskedLMModule: masked language model pretraining as RoBERTa prescribes (Liu et al. 2019).
+
+The recipe, and where each part lives:
+- masking (15%, 80/10/10, dynamic or static, whole-word, DistilBERT smoothing): `datamodules.masking.MLMMasker`,
+  applied per batch on the device by `datamodules.text.TextCorpusDataModule` (FULL-SENTENCES / DOC-SENTENCES packing);
+- no next-sentence prediction: the loss is the MLM loss only;
+- AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01 except biases/LayerNorm, linear warmup then linear decay per
+  optimiser step: `lightning_modules.optim.configure_adamw_with_warmup`; large batches by the Trainer's
+  `accumulate_grad_batches`, gradient clipping off unless the Trainer's `gradient_clip_val` is set;
+- sparse prediction (LM head and loss at the masked positions only): `models.mlm.sparse_mlm_logits`.
+
+Any Hugging Face masked LM given as a directory (`pretrained`) trains the same way (BERT, RoBERTa, DistilBERT).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from lightning_modules.hf_checkpoint import HFCheckpointMixin
+from lightning_modules.optim import configure_adamw_with_warmup
+from models.mlm import IGNORE_INDEX, build_masked_lm, sparse_mlm_logits
+
+
+def batch_size(batch: dict) -> int:
+    """Sequences in a batch (for Lightning's ThroughputMonitor `batch_size_fn`)."""
+    return int(batch["input_ids"].shape[0])
+
+
+def non_pad_tokens(batch: dict) -> int:
+    """Real (non-padding) tokens in a batch (ThroughputMonitor `length_fn`: logs tokens per second)."""
+    return int(batch["attention_mask"].sum())
+
+
+class MaskedLMModule(HFCheckpointMixin, pl.LightningModule):
+    """Pretrain a masked LM (`self.model`, a Hugging Face `*ForMaskedLM`) with the MLM objective only.
+
+    Args:
+        vocab_size, pad_token_id: linked from the DataModule by train.py (`len(tokenizer)`, its pad id).
+        pretrained: a model directory (HF or exported by litbert) to continue training; None builds `arch` from the
+            sizes below, randomly initialised.
+        arch: "roberta" (default), "bert" or "distilbert" when building from a size.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, dropouts: the model size.
+        max_seq_length: longest input; RoBERTa gets max_seq_length + pad_token_id + 1 position embeddings.
+        bos_token_id, eos_token_id: written into the config (RoBERTa's <s>=0 and </s>=2 by default).
+        lr: peak learning rate; weight_decay, betas, eps: AdamW; warmup_steps (wins) or warmup_ratio.
+        sparse_prediction: LM head only at masked positions (True) or over every position (False, for comparison).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int | None = None,
+        pad_token_id: int | None = None,
+        pretrained: str | None = None,
+        arch: str = "roberta",
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_seq_length: int = 512,
+        bos_token_id: int = 0,
+        eos_token_id: int = 2,
+        lr: float = 6e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_steps: int | None = None,
+        warmup_ratio: float | None = 0.06,
+        sparse_prediction: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        size = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                    num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                    hidden_dropout_prob=hidden_dropout_prob, attention_probs_dropout_prob=attention_probs_dropout_prob,
+                    max_seq_length=max_seq_length, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+        self.model = build_masked_lm(pretrained, arch=arch, vocab_size=vocab_size, pad_token_id=pad_token_id, **size)
+        self._takes_token_types = "token_type_ids" in inspect.signature(self.model.base_model.forward).parameters
+        self.val_loss = MeanMetric()  # mean cross-entropy per masked token over the whole validation set
+        self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
+        self.val_accuracy = MulticlassAccuracy(num_classes=self.model.config.vocab_size, average="micro",
+                                               ignore_index=IGNORE_INDEX)
+        self.flops_per_batch = None  # ThroughputMonitor asks for it; tokens/s is what we report
+        self.final_metrics: dict[str, float] = {}
+
+    # ---- checks that need the DataModule ---------------------------------------------------------------------------
+    def max_input_length(self) -> int:
+        """Longest input the position embeddings cover (RoBERTa's positions start at pad_token_id + 1)."""
+        config = self.model.config
+        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+            return config.max_position_embeddings - config.pad_token_id - 1
+        return config.max_position_embeddings
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_length = getattr(datamodule, "max_seq_length", None)
+        if data_length is not None and data_length > self.max_input_length():
+            raise ValueError(
+                f"data.init_args.max_seq_length={data_length} exceeds what the model's position embeddings cover "
+                f"({self.max_input_length()}): raise model.init_args.max_seq_length (models built from a size) or "
+                f"lower the data's max_seq_length"
+            )
+
+    # ---- forward -----------------------------------------------------------------------------------------------
+    def masked_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [n_masked, V], targets [n_masked]) for a masked batch."""
+        token_type_ids = batch.get("token_type_ids") if self._takes_token_types else None
+        if self.hparams.sparse_prediction:
+            logits, targets, _ = sparse_mlm_logits(self.model, batch["input_ids"], batch["attention_mask"],
+                                                   batch["labels"], token_type_ids=token_type_ids)
+            return logits, targets
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+        selected = batch["labels"] != IGNORE_INDEX
+        return logits[selected], batch["labels"][selected]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits, targets = self.masked_logits(batch)
+        # A batch with nothing masked (tiny inputs) contributes a zero loss that still has a graph.
+        loss = F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size(batch))
+        self.log("train/masked_tokens", float(targets.numel()), batch_size=batch_size(batch))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits, targets = self.masked_logits(batch)
+        if not targets.numel():
+            return
+        logits = logits.float()
+        self.val_loss.update(F.cross_entropy(logits, targets), weight=targets.numel())
+        self.val_perplexity.update(logits.unsqueeze(0), targets.unsqueeze(0))
+        self.val_accuracy.update(logits.argmax(-1), targets)
+
+    def on_validation_epoch_start(self) -> None:
+        # Reset here, inside the loop's own grad context: states created under `trainer.validate`'s inference mode
+        # could not be updated in place later by the validation loop of `fit`, which runs under no_grad.
+        for metric in (self.val_loss, self.val_perplexity, self.val_accuracy):
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count == 0 or self.trainer.sanity_checking:
+            return
+        metrics = {"val/loss": self.val_loss.compute(), "val/perplexity": self.val_perplexity.compute(),
+                   "val/accuracy": self.val_accuracy.compute()}
+        self.log_dict(metrics, prog_bar=True)
+        self.final_metrics = {k.replace("/", "_"): float(v) for k, v in metrics.items()}
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return configure_adamw_with_warmup(self, self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas,
+                                           eps=hp.eps, warmup_steps=hp.warmup_steps, warmup_ratio=hp.warmup_ratio)
+
+    # ---- export ------------------------------------------------------------------------------------------------
+    def model_card_info(self) -> dict[str, Any]:
+        hp = self.hparams
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        data = dict(getattr(datamodule, "hparams", {}) or {})
+        trainer = self._trainer
+        recipe = {"objective": "masked language modelling, no next-sentence prediction",
+                  "optimizer": f"AdamW betas {tuple(hp.betas)}, eps {hp.eps}, weight decay {hp.weight_decay} "
+                               "(none on biases and LayerNorm)",
+                  "lr": hp.lr, "schedule": "linear warmup then linear decay per optimiser step",
+                  "warmup_steps": hp.warmup_steps, "warmup_ratio": hp.warmup_ratio,
+                  "sparse_prediction": hp.sparse_prediction}
+        if trainer is not None:
+            recipe.update(global_step=int(trainer.global_step),
+                          accumulate_grad_batches=int(trainer.accumulate_grad_batches),
+                          gradient_clip_val=trainer.gradient_clip_val)
+        files = [f for key in ("train_files", "val_files") for f in (data.get(key) or [])]
+        return {
+            "task": "masked language modelling",
+            "description": f"{type(self.model).__name__} pretrained with litbert's RoBERTa recipe (MLM only).",
+            "datasets": sorted({Path(str(f)).parent.name or str(f) for f in files}),
+            "data": {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
+            "recipe": recipe,
+            "metrics": dict(self.final_metrics),
+        }

@@ -1,0 +1,147 @@
+"""Masked language models: build one (RoBERTa/BERT/DistilBERT from a size, or any HF masked LM from a directory), split
+it into encoder and LM head, and compute the vocabulary projection only at the masked positions ("sparse prediction").
+
+Sparse prediction is what fairseq, cramming and academic-budget-bert do: with 15% of tokens masked, projecting only
+those hidden states onto the vocabulary saves ~85% of the largest matrix product of a small model and of the
+[B, L, V] logits tensor. The result is the same loss as the dense `model(..., labels=labels).loss`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+from models.pretrained import load_pretrained
+
+IGNORE_INDEX = -100
+ARCHITECTURES = ("roberta", "bert", "distilbert")
+
+
+class DistilBertMLMHead(nn.Module):
+    """DistilBERT's LM head as one module (the model keeps its four parts as attributes of the top-level class)."""
+
+    def __init__(self, model: DistilBertForMaskedLM):
+        super().__init__()
+        self.vocab_transform = model.vocab_transform
+        self.activation = model.activation
+        self.vocab_layer_norm = model.vocab_layer_norm
+        self.vocab_projector = model.vocab_projector
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.vocab_projector(self.vocab_layer_norm(self.activation(self.vocab_transform(hidden))))
+
+
+def split_masked_lm(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
+    """(encoder, head) of a Hugging Face masked LM: encoder(input_ids, attention_mask)[0] is [B, L, H], head maps
+    [..., H] to [..., V]. Works for BERT (`bert`, `cls`), RoBERTa-likes (`roberta`, `lm_head`) and DistilBERT."""
+    encoder = model.base_model
+    if encoder is model:
+        raise TypeError(f"{type(model).__name__} is a bare encoder, not a masked LM (load it with AutoModelForMaskedLM)")
+    if isinstance(model, DistilBertForMaskedLM):
+        return encoder, DistilBertMLMHead(model)
+    for name in ("lm_head", "cls"):  # RoBERTa/XLM-R/CamemBERT; BERT
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return encoder, head
+    raise TypeError(
+        f"sparse MLM does not know the LM head of {type(model).__name__}: expected a BERT (`cls`), RoBERTa-like "
+        "(`lm_head`) or DistilBERT masked LM"
+    )
+
+
+def sparse_mlm_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the encoder on [B, L] inputs and the LM head only where labels != -100.
+
+    Returns (logits [n_masked, V], targets [n_masked], last hidden states [B, L, H]); the masked positions are taken in
+    row-major order, so two models given the same labels give logits at the same positions.
+    """
+    encoder, head = split_masked_lm(model)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
+    hidden = encoder(**inputs, return_dict=True).last_hidden_state  # [B, L, H]
+    selected = labels != IGNORE_INDEX  # [B, L]
+    logits = head(hidden[selected])  # [n_masked, V]
+    return logits, labels[selected], hidden
+
+
+def model_config(
+    arch: str,
+    vocab_size: int,
+    pad_token_id: int,
+    bos_token_id: int = 0,
+    eos_token_id: int = 2,
+    max_seq_length: int = 512,
+    hidden_size: int = 768,
+    num_hidden_layers: int = 12,
+    num_attention_heads: int = 12,
+    intermediate_size: int = 3072,
+    hidden_dropout_prob: float = 0.1,
+    attention_probs_dropout_prob: float = 0.1,
+):
+    """A Hugging Face config for a masked LM of the given size. RoBERTa's position ids start at pad_token_id + 1, so
+    it needs max_seq_length + pad_token_id + 1 position embeddings (514 for 512 tokens)."""
+    if arch == "roberta":
+        return RobertaConfig(
+            vocab_size=vocab_size, pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+            hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size, hidden_dropout_prob=hidden_dropout_prob,
+            attention_probs_dropout_prob=attention_probs_dropout_prob,
+            max_position_embeddings=max_seq_length + pad_token_id + 1, type_vocab_size=1, layer_norm_eps=1e-5,
+        )
+    if arch == "bert":
+        return BertConfig(
+            vocab_size=vocab_size, pad_token_id=pad_token_id, hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size, hidden_dropout_prob=hidden_dropout_prob,
+            attention_probs_dropout_prob=attention_probs_dropout_prob, max_position_embeddings=max_seq_length,
+        )
+    if arch == "distilbert":
+        return DistilBertConfig(
+            vocab_size=vocab_size, pad_token_id=pad_token_id, dim=hidden_size, n_layers=num_hidden_layers,
+            n_heads=num_attention_heads, hidden_dim=intermediate_size, dropout=hidden_dropout_prob,
+            attention_dropout=attention_probs_dropout_prob, max_position_embeddings=max_seq_length,
+        )
+    raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+
+
+MASKED_LM_CLASSES = {"roberta": RobertaForMaskedLM, "bert": BertForMaskedLM, "distilbert": DistilBertForMaskedLM}
+
+
+def build_masked_lm(
+    pretrained: str | None = None,
+    arch: str = "roberta",
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+    **size,
+) -> PreTrainedModel:
+    """A masked LM: loaded from `pretrained` (a directory, exported ones included, or `packaged:...`) with
+    AutoModelForMaskedLM, or freshly initialised as `arch` with the sizes in `size` (see `model_config`)."""
+    if pretrained is not None:
+        model = load_pretrained(AutoModelForMaskedLM, pretrained)
+        if vocab_size is not None and vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {vocab_size} ids but the model in {pretrained!r} embeds only "
+                f"{model.config.vocab_size}: use the tokenizer saved with that model"
+            )
+        return model
+    if vocab_size is None or pad_token_id is None:
+        raise ValueError("a model built from a size needs vocab_size and pad_token_id (linked from the DataModule)")
+    config = model_config(arch, vocab_size=vocab_size, pad_token_id=pad_token_id, **size)
+    config._attn_implementation = "sdpa"
+    return MASKED_LM_CLASSES[arch](config)
