@@ -83,7 +83,8 @@ class HFExport(Callback):
             self.export(trainer, pl_module, f"step-{step}", f"step {step}")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not self.export_best or self.monitor is None:
+        # Only validation inside `fit` competes for "best": a stand-alone `validate` run is an evaluation, not training.
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not self.export_best or self.monitor is None:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:

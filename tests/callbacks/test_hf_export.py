@@ -172,6 +172,15 @@ def test_best_follows_model_checkpoint_monitor(tmp_path, tiny_bert_dir, mode, sc
         tmp_path / "export" / "best" / "README.md").read_text()
 
 
+def test_standalone_validate_exports_nothing(tmp_path, tiny_bert_dir):
+    """`validate` evaluates; only validation inside `fit` may produce a "best" export."""
+    module = TinyModule(str(tiny_bert_dir), scores=[0.5])
+    export = HFExport(dirpath=str(tmp_path / "export"), monitor="score", mode="max")
+    tiny_trainer(tmp_path, [export]).validate(module, datamodule=TinyDataModule(str(tiny_bert_dir)))
+    assert export.best_score is None
+    assert not (tmp_path / "export").exists()
+
+
 def test_model_card_front_matter_and_contents(tmp_path, tiny_bert_dir, tiny_distilbert_dir):
     module = TinyModule(str(tiny_distilbert_dir), auto="AutoModelForSequenceClassification", teacher=str(tiny_bert_dir))
     export = HFExport(dirpath=str(tmp_path / "sst2"), monitor="val_loss", export_best=False)
