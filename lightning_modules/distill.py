@@ -1,0 +1,237 @@
+"""DistilBERT-style distillation (Sanh et al. 2019): a frozen teacher teaches a smaller student.
+
+    python train.py fit --config configs/distill/roberta_general.yaml     # general distillation on a text corpus
+    python train.py fit --config configs/distill/glue.yaml                # task-specific distillation on GLUE
+
+Each distillation module derives from the module that trains the same kind of model alone, and reuses its
+evaluation, metrics, prediction files and export:
+    MaskedLMDistillationModule       <- lightning_modules.mlm.MaskedLMModule          (this file)
+    GLUEDistillationModule           <- lightning_modules.finetune.SequenceClassificationModule (distill_tasks.py)
+    QADistillationModule             <- lightning_modules.qa.QuestionAnsweringModule   (distill_tasks.py)
+The parent's constructor loads the *teacher* (from `teacher`) as its model; `DistillationMixin` then moves it to
+`self.teacher` (frozen, eval mode, no gradients, never in a checkpoint: see `HFCheckpointMixin`) and puts the student
+(extracted from the teacher by `models.student.extract_student`, or loaded from `student`) in `self.model`, the model
+that trains, validates and is exported. Loss terms are in `distill_losses.py`; `callbacks.temperature` anneals
+`self.temperature`.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import AutoModelForMaskedLM
+
+from lightning_modules.distill_losses import cosine_hidden_loss, masked_lm_loss, soft_cross_entropy
+from lightning_modules.mlm import MaskedLMModule, batch_size
+from models.mlm import IGNORE_INDEX, split_masked_lm
+from models.pretrained import load_pretrained
+from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
+
+KL_POSITIONS = ("all", "masked")
+
+
+def accepted_inputs(model, batch: dict) -> dict:
+    """The model inputs of `batch` that `model.forward` takes (DistilBERT has no token_type_ids)."""
+    params = inspect.signature(model.forward).parameters
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch and k in params}
+
+
+def resolve_cos_pairs(cos_layers: str | Sequence[Sequence[int]], layer_map: list[int] | None) -> list[tuple[int, int]]:
+    """(student, teacher) indices into `hidden_states` (0 = embeddings, i = output of layer i) for the cosine loss.
+
+    "last": the last hidden states of both (DistilBERT). "mapped": every student layer with the teacher layer it was
+    copied from (needs an extracted student). A list of [student, teacher] pairs: as given.
+    """
+    if cos_layers == "last":
+        return [(-1, -1)]
+    if cos_layers == "mapped":
+        if layer_map is None:
+            raise ValueError("cos_layers: 'mapped' needs a student extracted from the teacher (student: null)")
+        return [(0, 0)] + [(s + 1, t + 1) for s, t in enumerate(layer_map)]
+    if isinstance(cos_layers, str):
+        raise ValueError(f"cos_layers {cos_layers!r}: expected 'last', 'mapped' or a list of [student, teacher] pairs")
+    pairs = [tuple(int(i) for i in pair) for pair in cos_layers]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"cos_layers {cos_layers}: expected a non-empty list of [student, teacher] index pairs")
+    return pairs
+
+
+class DistillationMixin:
+    """Teacher handling and loss weights shared by the distillation modules. List it FIRST among the bases.
+
+    The subclass's constructor calls its parent's (which loads the teacher as `self.model`), then `init_distillation`.
+    """
+
+    # the head a teacher must have been trained with, per module (checked on `config.architectures`)
+    teacher_head: str = ""
+
+    def init_distillation(self, teacher: str, student: str | None, student_layers: list[int] | None,
+                          student_architecture: str, random_init: bool, fold_token_type: bool, temperature: float,
+                          alpha_ce: float, alpha_cos: float, cos_layers, auto_class, student_kwargs: dict) -> None:
+        for name, alpha in (("alpha_ce", alpha_ce), ("alpha_cos", alpha_cos)):
+            if alpha < 0:
+                raise ValueError(f"{name} must be >= 0, got {alpha}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        teacher_model = self.model
+        architectures = teacher_model.config.architectures or []
+        if architectures and not any(a.endswith(self.teacher_head) for a in architectures):
+            raise ValueError(f"the teacher {teacher!r} is a {architectures[0]}, not a *{self.teacher_head} model: "
+                             f"give a teacher trained with that head (e.g. a directory exported by the "
+                             f"{'MLM pretraining' if self.teacher_head == 'ForMaskedLM' else 'fine-tuning'} run)")
+        teacher_model.eval().requires_grad_(False)
+        if student is not None:
+            if student_layers is not None or random_init:
+                raise ValueError("student_layers and random_init build a student from the teacher; "
+                                 "leave them unset when `student` names a directory")
+            # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
+            student_model = load_pretrained(auto_class, student, **student_kwargs).train()
+            self.layer_map = None
+        else:
+            student_model = extract_student(teacher_model, student_layers, random_init, student_architecture,
+                                            fold_token_type)
+            self.layer_map = resolve_layer_map(teacher_model.config.num_hidden_layers, student_layers)
+        check_shared_vocabulary(teacher_model, student_model, teacher, student)
+        self.teacher_path, self.student_path = teacher, student
+        self.teacher = teacher_model
+        self.model = student_model  # replaces the teacher as the model that trains and is exported
+        self.temperature = float(temperature)  # annealed by callbacks.temperature.TemperatureAnnealing
+        self.cos_pairs = resolve_cos_pairs(cos_layers, self.layer_map)
+
+    def save_own_hyperparameters(self) -> None:
+        """Keep only this class's constructor arguments in `hparams` (not the parent's, e.g. `pretrained`, which
+        would break `load_from_checkpoint`). The parent's constructor already saved them all (LightningCLI's given
+        arguments, or every __init__ frame's); call this right after it."""
+        own = set(inspect.signature(type(self).__init__).parameters)
+        self.remove_ignored_hparams([k for k in self.hparams if k not in own and not k.startswith("_")])
+
+    # ---- the teacher stays frozen and in eval mode -----------------------------------------------------------------
+    def train(self, mode: bool = True):
+        """Lightning calls .train() on the whole module (each epoch, after validation): keep the teacher in eval."""
+        super().train(mode)
+        if getattr(self, "teacher", None) is not None:
+            self.teacher.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.teacher.eval()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:  # before training starts: the data must speak the teacher's vocabulary
+            check_shared_vocabulary(self.teacher, self.model, self.teacher_path, self.student_path, tokenizer)
+
+    # ---- shared pieces of the loss ---------------------------------------------------------------------------------
+    def cosine_term(self, student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+        pairs = self.cos_pairs
+        return cosine_hidden_loss([student_hidden[s] for s, _ in pairs], [teacher_hidden[t] for _, t in pairs],
+                                  attention_mask)
+
+    def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log every loss term separately: `<stage>/loss_ce`, `<stage>/loss_cos`, ... and the total `<stage>/loss`."""
+        for name, value in terms.items():
+            key = f"{stage}/loss" if name == "total" else f"{stage}/loss_{name}"
+            self.log(key, value.detach(), prog_bar=name == "total", batch_size=batch_size,
+                     on_step=stage == "train", on_epoch=stage != "train", add_dataloader_idx=False)
+
+    def distillation_card(self) -> dict[str, Any]:
+        """Model-card facts of a student: teacher, layer map and distillation recipe."""
+        hp = self.hparams
+        recipe = {k: hp[k] for k in ("temperature", "alpha_ce", "alpha_cos", "alpha_mlm", "alpha_hard",
+                                     "kl_positions", "cos_layers", "random_init") if k in hp}
+        recipe["student"] = layer_map_description(self.teacher, self.model, self.layer_map) if self.layer_map \
+            else f"loaded from {self.student_path}"
+        info = {"teacher": str(self.teacher_path), "recipe": recipe, "tags": ["distillation"]}
+        if self.layer_map is not None:
+            info["layer_map"] = list(self.layer_map)
+        return info
+
+
+class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
+    """General distillation on a masked-LM corpus: loss = alpha_ce * KL_T * T^2 + alpha_mlm * MLM + alpha_cos * cos.
+
+    Batches come masked from `datamodules.text.TextCorpusDataModule` (`labels` = -100 where not masked).
+
+    Args:
+        teacher: a masked-LM directory (e.g. exported by MLM pretraining).
+        student: a masked-LM directory to continue distilling; None extracts the student from the teacher.
+        student_layers: teacher layers kept (student layer i <- teacher layer student_layers[i]); None: one of two.
+        student_architecture: "auto" (BERT -> DistilBERT, RoBERTa -> RoBERTa), "distilbert" or "same".
+        random_init: the student architecture with fresh weights (ablation).
+        fold_token_type: BERT -> DistilBERT: fold token_type_embeddings[0] into the position embeddings.
+        temperature: softmax temperature of the KL term (annealed by `callbacks.temperature.TemperatureAnnealing`).
+        alpha_ce / alpha_mlm / alpha_cos: weights of KL, MLM cross-entropy and cosine terms (0 switches one off).
+        kl_positions: "all" non-padded positions (DistilBERT) or only the "masked" ones for the KL term.
+        cos_layers: "last", "mapped" or a list of [student, teacher] hidden-state index pairs.
+        lr / weight_decay / betas / eps / warmup_steps / warmup_ratio: AdamW with linear warmup and decay.
+        sparse_prediction: validate the student's LM head at masked positions only (MaskedLMModule's switch).
+        vocab_size / pad_token_id: linked from the DataModule.
+    """
+
+    teacher_head = "ForMaskedLM"
+
+    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | None = None,
+                 student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
+                 temperature: float = 2.0, alpha_ce: float = 5.0, alpha_mlm: float = 2.0, alpha_cos: float = 1.0,
+                 kl_positions: str = "all", cos_layers: str | list[list[int]] = "last", lr: float = 5e-4,
+                 weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
+                 warmup_steps: int | None = None, warmup_ratio: float | None = 0.05, sparse_prediction: bool = True,
+                 vocab_size: int | None = None, pad_token_id: int | None = None):
+        if kl_positions not in KL_POSITIONS:
+            raise ValueError(f"kl_positions {kl_positions!r}: expected one of {KL_POSITIONS}")
+        if alpha_mlm < 0:
+            raise ValueError(f"alpha_mlm must be >= 0, got {alpha_mlm}")
+        super().__init__(vocab_size=vocab_size, pad_token_id=pad_token_id, pretrained=teacher, lr=lr,
+                         weight_decay=weight_decay, betas=betas, eps=eps, warmup_steps=warmup_steps,
+                         warmup_ratio=warmup_ratio, sparse_prediction=sparse_prediction)
+        self.save_own_hyperparameters()
+        self.init_distillation(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
+                               temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForMaskedLM, {})
+        self._takes_token_types = "token_type_ids" in inspect.signature(self.model.base_model.forward).parameters
+
+    def selected_outputs(self, model, batch: dict, selected: torch.Tensor, hidden_states: bool):
+        """(logits [n_selected, V] at the `selected` [B, L] positions, hidden states tuple or (last,))."""
+        encoder, head = split_masked_lm(model)
+        out = encoder(**accepted_inputs(encoder, batch), output_hidden_states=hidden_states, return_dict=True)
+        hidden = out.hidden_states if hidden_states else (out.last_hidden_state,)
+        return head(out.last_hidden_state[selected]), hidden
+
+    def distillation_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        labels, attention_mask = batch["labels"], batch["attention_mask"]
+        masked = labels != IGNORE_INDEX  # [B, L]
+        selected = attention_mask.bool() if self.hparams.kl_positions == "all" else masked
+        hidden = self.cos_pairs != [(-1, -1)]  # all hidden states only when layers other than the last are compared
+        student_logits, student_hidden = self.selected_outputs(self.model, batch, selected, hidden)
+        with torch.no_grad():
+            teacher_logits, teacher_hidden = self.selected_outputs(self.teacher, batch, selected, hidden)
+        terms = {
+            "ce": soft_cross_entropy(student_logits, teacher_logits, self.temperature),
+            "mlm": masked_lm_loss(student_logits, labels[selected]),  # -100 rows (unmasked) are skipped
+            "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask),
+        }
+        hp = self.hparams
+        terms["total"] = hp.alpha_ce * terms["ce"] + hp.alpha_mlm * terms["mlm"] + hp.alpha_cos * terms["cos"]
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.distillation_terms(batch)
+        self.log_terms("train", terms, batch_size(batch))
+        return terms["total"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)  # the student's MLM loss, perplexity and accuracy
+        self.log_terms("val_distill", self.distillation_terms(batch), batch_size(batch))
+
+    def model_card_info(self) -> dict[str, Any]:
+        info = super().model_card_info()
+        card = self.distillation_card()
+        info["recipe"] = {**info.get("recipe", {}), **card.pop("recipe")}
+        info.update(card, task="masked language modelling (distilled)",
+                    description=f"{type(self.model).__name__} distilled from {self.teacher_path} (DistilBERT recipe).")
+        return info

@@ -1,0 +1,243 @@
+"""Fine-tuning on GLUE-style tasks: sequence classification and regression (STS-B), with GLUE's dev metrics.
+
+    python train.py fit --config configs/finetune/glue.yaml --data.init_args.task sst2
+
+`FineTuningModule` holds what every fine-tuning module shares (the recipe, the optimiser, the model card, gathering
+evaluation outputs across processes); `SequenceClassificationModule` adds the classification/regression head, the
+metrics of the task's spec in `datamodules.glue` and the GLUE submission TSVs written by `predict`.
+The extractive QA module (lightning_modules/qa.py) derives from `FineTuningModule` too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from evaluation.glue_metrics import glue_metric_collection, main_score, predictions_from_logits
+from evaluation.writers import glue_submission_filename, write_glue_predictions
+from lightning_modules.hf_checkpoint import HFCheckpointMixin
+from lightning_modules.optim import configure_adamw_with_warmup
+from models.pretrained import load_pretrained
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Every data fact train.py links into the model (train.DATA_TO_MODEL_LINKS), kept out of hparams (see __init__).
+DATA_FACTS = ("task_name", "num_labels", "label_names", "is_regression", "vocab_size", "pad_token_id")
+
+
+def gather_objects(obj: Any) -> list:
+    """Every process's `obj` as a list (one entry per rank); just `[obj]` when not distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]
+
+
+def glue_task_metrics(task_name: str, is_regression: bool) -> tuple[list[str], list[str]]:
+    """(metric names, evaluation set names) of a task, from the spec table `datamodules.glue.GLUE_TASKS`.
+
+    Tasks outside the table (task "custom": your own files) get accuracy (the DataModule's
+    custom spec adds F1 for two labels: pass metric_names for it), or Pearson/Spearman for regression.
+    """
+    from datamodules.glue import GLUE_TASKS, normalize_task_name
+
+    name = normalize_task_name(task_name) if task_name else "custom"
+    if name in GLUE_TASKS:
+        spec = GLUE_TASKS[name]
+        return list(spec.metrics), [set_name for set_name, _, _ in spec.dev_files]
+    return (["pearson", "spearman"] if is_regression else ["accuracy"]), ["dev"]
+
+
+class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
+    """Shared fine-tuning recipe: AdamW with linear warmup/decay (lightning_modules/optim.py) on `self.model`.
+
+    Epochs and batch size are the Trainer's `max_epochs` and the DataModule's `batch_size`.
+
+    Args:
+        pretrained: a checkpoint directory, a hub name (online only) or `packaged:all-minilm-l6-v2`.
+        lr / weight_decay / betas / eps: AdamW (no decay on biases and LayerNorm weights).
+        warmup_ratio / warmup_steps: linear warmup length (steps win over the ratio), then linear decay to 0.
+        output_dir: where `predict` writes its files (None: `<trainer.default_root_dir>/predictions`).
+    """
+
+    def __init__(self, pretrained: str, task_name: str | None = None, lr: float = 5e-5, weight_decay: float = 0.01,
+                 warmup_ratio: float = 0.1, warmup_steps: int | None = None,
+                 betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, output_dir: str | None = None):
+        super().__init__()
+        self.pretrained = pretrained
+        self.task_name = task_name
+        self.output_dir = output_dir
+        self.final_metrics: dict[str, float] = {}  # the last evaluation's figures (for the model card)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return configure_adamw_with_warmup(self, self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas,
+                                           eps=hp.eps, warmup_steps=hp.warmup_steps, warmup_ratio=hp.warmup_ratio)
+
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+    def prediction_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path(self.trainer.default_root_dir) / "predictions"
+
+    def model_card_info(self) -> dict[str, Any]:
+        hp = self.hparams
+        recipe = {"base_model": self.pretrained, "lr": hp.lr, "weight_decay": hp.weight_decay,
+                  "warmup_ratio": hp.warmup_ratio, "warmup_steps": hp.warmup_steps, "betas": list(hp.betas),
+                  "eps": hp.eps}
+        data = {}
+        trainer = self._trainer
+        if trainer is not None:
+            recipe.update(max_epochs=trainer.max_epochs, max_steps=trainer.max_steps,
+                          accumulate_grad_batches=trainer.accumulate_grad_batches, precision=str(trainer.precision))
+            datamodule = getattr(trainer, "datamodule", None)
+            for key in ("batch_size", "max_seq_length", "doc_stride", "max_train_samples", "max_eval_samples",
+                        "train_file", "eval_file", "articles", "max_samples"):
+                if datamodule is not None and getattr(datamodule, key, None) is not None:
+                    data[key] = getattr(datamodule, key)
+        return {"task": self.task_name, "recipe": recipe, "data": data,
+                "metrics": {k: round(float(v), 4) for k, v in self.final_metrics.items()}}
+
+
+class SequenceClassificationModule(FineTuningModule):
+    """Sequence classification (GLUE, your own labelled files) or regression (STS-B) on any encoder checkpoint.
+
+    `task_name`, `num_labels`, `label_names`, `is_regression` come from the DataModule (train.py links them). The
+    label names become `config.id2label`/`label2id`, so an export carries them. Metrics (in percent) follow the
+    task's spec in `datamodules.glue`; `val/score` is the task's main score (the mean of its pair where two, and over
+    both MNLI dev sets), the one to select checkpoints on. `predict` writes the GLUE submission TSV(s).
+
+    Args (beyond FineTuningModule's):
+        classifier_dropout: dropout before the classification head (None: the checkpoint's hidden dropout).
+        metric_names / main_metrics: override the task spec (e.g. for your own task).
+    """
+
+    def __init__(self, pretrained: str, task_name: str = "custom", num_labels: int = 2,
+                 label_names: list[str] | None = None, is_regression: bool = False, lr: float = 5e-5,
+                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, warmup_steps: int | None = None,
+                 betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, classifier_dropout: float | None = None,
+                 metric_names: list[str] | None = None, main_metrics: list[str] | None = None,
+                 output_dir: str | None = None):
+        super().__init__(pretrained, task_name, lr, weight_decay, warmup_ratio, warmup_steps, betas, eps, output_dir)
+        if is_regression:
+            num_labels = 1
+        if label_names is not None and len(label_names) != num_labels:
+            raise ValueError(f"label_names {label_names} has {len(label_names)} entries but num_labels is {num_labels}")
+        # The data facts are left out of hparams: the DataModule's hparams hold its raw arguments under the same names
+        # (e.g. label_names None = "infer"), and Lightning refuses to log two differing values for one key; and
+        # LightningCLI stores links this module has no argument for (vocab_size), which `--ckpt_path` would pass back.
+        # train.py links them again, and the checkpoint's `hf_model` config keeps num_labels/id2label/problem_type.
+        self.save_hyperparameters(ignore=list(DATA_FACTS))
+        self.num_labels, self.label_names, self.is_regression = num_labels, label_names, is_regression
+
+        config_kwargs = {"num_labels": num_labels,
+                         "problem_type": "regression" if is_regression else "single_label_classification"}
+        if label_names:
+            config_kwargs["id2label"] = dict(enumerate(label_names))
+            config_kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+        if classifier_dropout is not None:
+            config_kwargs["classifier_dropout"] = classifier_dropout
+        self.model = load_pretrained(AutoModelForSequenceClassification, pretrained, **config_kwargs)
+        self.model.train()  # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
+
+        spec_metrics, self.eval_set_names = glue_task_metrics(task_name, is_regression)
+        self.metric_names = metric_names or spec_metrics
+        # GLUE convention: a task with two figures (MRPC/QQP F1 + accuracy, STS-B Pearson + Spearman) scores their mean
+        self.main_metrics = main_metrics or self.metric_names
+        # One metric collection per evaluation set (MNLI: matched, mismatched), for validation and for test.
+        self.val_metrics = nn.ModuleList(self._metrics("val", name) for name in self.eval_set_names)
+        self.test_metrics = nn.ModuleList(self._metrics("test", name) for name in self.eval_set_names)
+        self._predictions: list[dict] = []
+
+    def model_card_info(self) -> dict[str, Any]:
+        info = super().model_card_info()
+        if self.task_name != "custom":
+            info["datasets"] = [f"glue/{self.task_name}"]
+        return info
+
+    def _metrics(self, stage: str, set_name: str):
+        prefix = f"{stage}/" if len(self.eval_set_names) == 1 else f"{stage}/{set_name}/"
+        return glue_metric_collection(self.metric_names, max(self.num_labels, 2), prefix=prefix)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits (B, num_labels); (B, 1) for regression."""
+        return self.model(**self.model_inputs(batch)).logits
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**self.model_inputs(batch), labels=batch["labels"]).loss
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    # ---- evaluation ------------------------------------------------------------------------------------------------
+    def _eval_step(self, stage: str, collections: nn.ModuleList, batch, dataloader_idx: int):
+        if dataloader_idx >= len(collections):
+            raise ValueError(f"{stage} dataloader {dataloader_idx} but task {self.task_name!r} has "
+                             f"{len(collections)} evaluation sets {self.eval_set_names}")
+        logits = self(batch)
+        if "labels" not in batch or (not self.is_regression and bool((batch["labels"] < 0).all())):
+            return  # an unlabelled set (GLUE test files): nothing to score
+        loss = self._loss(logits, batch["labels"])
+        self.log(f"{stage}/loss", loss, add_dataloader_idx=True, batch_size=len(logits), sync_dist=True)
+        collections[dataloader_idx].update(predictions_from_logits(logits, self.is_regression), batch["labels"])
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.is_regression:
+            return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return nn.functional.cross_entropy(logits.float(), labels)
+
+    def _eval_epoch_end(self, stage: str, collections: nn.ModuleList):
+        values = {}
+        for collection in collections:
+            if any(m.update_count for m in collection.values()):  # nothing to compute for an unlabelled set
+                values.update({k: 100.0 * float(v) for k, v in collection.compute().items()})
+            collection.reset()
+        if not values:
+            return
+        score = main_score(values, self.main_metrics)
+        self.log_dict(values, sync_dist=False)  # already reduced across processes by torchmetrics
+        self.log(f"{stage}/score", score, prog_bar=True)
+        self.final_metrics = {**values, f"{stage}/score": score}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("val", self.val_metrics, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("test", self.test_metrics, batch, dataloader_idx)
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test", self.test_metrics)
+
+    # ---- prediction files ------------------------------------------------------------------------------------------
+    def on_predict_epoch_start(self):
+        self._predictions = []
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        preds = predictions_from_logits(self(batch), self.is_regression)
+        self._predictions.append({"dataloader_idx": dataloader_idx, "example_index": batch["example_index"].cpu(),
+                                  "predictions": preds.float().cpu() if self.is_regression else preds.cpu()})
+        return preds
+
+    def on_predict_epoch_end(self):
+        outputs = [o for rank_outputs in gather_objects(self._predictions) for o in rank_outputs]
+        self._predictions = []
+        if not self.trainer.is_global_zero:
+            return
+        for idx in sorted({o["dataloader_idx"] for o in outputs}):
+            chosen = [o for o in outputs if o["dataloader_idx"] == idx]
+            indices = torch.cat([o["example_index"] for o in chosen]).tolist()
+            preds = torch.cat([o["predictions"] for o in chosen]).tolist()
+            # a DistributedSampler pads by repeating examples: keep one prediction per example index
+            unique = dict(zip(indices, preds))
+            path = self.prediction_dir() / glue_submission_filename(self.task_name, idx)
+            write_glue_predictions(path, list(unique), list(unique.values()), self.label_names, self.is_regression)
+            print(f"wrote {len(unique)} predictions to {path}")

@@ -1,0 +1,149 @@
+"""General (MLM) distillation module: zero soft/cosine loss for student == teacher, frozen teacher kept out of the
+checkpoint, temperature resumed, vocabulary mismatches caught before training."""
+import json
+import shutil
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+from callbacks.temperature import TemperatureAnnealing
+from lightning_modules.distill import MaskedLMDistillationModule, resolve_cos_pairs
+from models.student import check_shared_vocabulary
+
+
+def masked_batches(tokenizer_dir, n_batches=4, batch_size=3, length=12, seed=0):
+    """Random token ids with ~25% masked ([MASK] in input_ids, original id in labels) and some right padding."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        ids = torch.randint(5, len(tok), (batch_size, length), generator=gen)
+        attention = torch.ones_like(ids)
+        attention[-1, length - 3:] = 0
+        ids[attention == 0] = tok.pad_token_id
+        chosen = (torch.rand(ids.shape, generator=gen) < 0.25) & attention.bool()
+        chosen[0, 1] = True
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        ids = torch.where(chosen, torch.full_like(ids, tok.mask_token_id), ids)
+        batches.append({"input_ids": ids, "attention_mask": attention, "labels": labels,
+                        "token_type_ids": torch.zeros_like(ids)})
+    return batches
+
+
+def loader(batches):
+    return DataLoader(batches, batch_size=None)
+
+
+def module(teacher_dir, **kwargs):
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    return MaskedLMDistillationModule(teacher=str(teacher_dir), vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                      **kwargs)
+
+
+@pytest.mark.parametrize("kl_positions", ["all", "masked"])
+def test_soft_and_cosine_terms_vanish_when_the_student_is_the_teacher(tiny_bert_dir, kl_positions):
+    batch = masked_batches(tiny_bert_dir, n_batches=1)[0]
+    same = module(tiny_bert_dir, student=str(tiny_bert_dir), kl_positions=kl_positions, cos_layers=[[1, 1], [-1, -1]])
+    # DistilBERT extraction keeping every layer computes the same function (token type 0 folded into positions)
+    full = module(tiny_bert_dir, student_layers=[0, 1, 2, 3], kl_positions=kl_positions)
+    for m in (same, full):
+        terms = m.distillation_terms(batch)
+        assert terms["ce"].item() == pytest.approx(0.0, abs=1e-5)
+        assert terms["cos"].item() == pytest.approx(0.0, abs=1e-5)
+        assert terms["mlm"].item() > 1.0  # a random model does not know the masked tokens
+        assert terms["total"].item() == pytest.approx(2.0 * terms["mlm"].item(), rel=1e-4)
+    assert type(full.model).__name__ == "DistilBertForMaskedLM"
+
+
+def test_extracted_student_learns_from_the_teacher(tiny_bert_dir):
+    batch = masked_batches(tiny_bert_dir, n_batches=1)[0]
+    m = module(tiny_bert_dir)  # default: layers [0, 2] of 4
+    assert m.layer_map == [0, 2] and m.model.config.n_layers == 2
+    terms = m.distillation_terms(batch)
+    assert terms["ce"].item() > 0 and terms["cos"].item() > 0
+    terms["total"].backward()
+    assert all(p.grad is None for p in m.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.model.parameters())
+
+
+def test_roberta_teacher_gives_a_roberta_student(tiny_roberta_dir):
+    m = module(tiny_roberta_dir, student_layers=[1, 3], cos_layers="mapped")
+    assert type(m.model).__name__ == "RobertaForMaskedLM" and m.model.config.num_hidden_layers == 2
+    assert m.cos_pairs == [(0, 0), (1, 2), (2, 4)]
+    terms = m.distillation_terms(masked_batches(tiny_roberta_dir, n_batches=1)[0])
+    assert torch.isfinite(terms["total"])
+
+
+def test_cos_layer_options():
+    assert resolve_cos_pairs("last", None) == [(-1, -1)]
+    assert resolve_cos_pairs([[2, 4]], None) == [(2, 4)]
+    with pytest.raises(ValueError, match="mapped"):
+        resolve_cos_pairs("mapped", None)
+    with pytest.raises(ValueError, match="pairs"):
+        resolve_cos_pairs([[1, 2, 3]], None)
+
+
+def fit(m, tmp_path, max_steps, batches, ckpt_path=None):
+    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+                         callbacks=[TemperatureAnnealing("linear", t_start=4.0, t_end=1.0, total=8),
+                                    pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="step{step}",
+                                                                 every_n_train_steps=4, save_top_k=-1)])
+    trainer.fit(m, loader(batches), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_teacher_frozen_out_of_the_checkpoint_and_temperature_resumed(tiny_bert_dir, tmp_path):
+    batches = masked_batches(tiny_bert_dir, n_batches=4)
+    m = module(tiny_bert_dir)
+    teacher_before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
+    student_before = m.model.distilbert.transformer.layer[0].ffn.lin1.weight.clone()
+    fit(m, tmp_path, 4, batches)
+    assert not m.teacher.training and m.model.training  # .train() by Lightning left the teacher in eval mode
+    assert all(torch.equal(v, teacher_before[k]) for k, v in m.teacher.state_dict().items())
+    assert not torch.equal(student_before, m.model.distilbert.transformer.layer[0].ffn.lin1.weight)
+    assert m.temperature == pytest.approx(4.0 - 3.0 * 3 / 7)  # value used by the 4th step (index 3)
+
+    ckpt_path = next(tmp_path.glob("*.ckpt"))
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert ckpt["state_dict"] and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+    assert ckpt["hyper_parameters"]["teacher"] == str(tiny_bert_dir)
+
+    resumed = module(tiny_bert_dir)
+    fit(resumed, tmp_path / "resumed", 8, batches + batches, ckpt_path=ckpt_path)
+    assert resumed.temperature == pytest.approx(1.0)  # step index 7 of 8: t_end
+    reloaded = MaskedLMDistillationModule.load_from_checkpoint(ckpt_path)  # rebuilds the teacher from its path
+    assert torch.equal(reloaded.model.distilbert.transformer.layer[0].ffn.lin1.weight,
+                       m.model.distilbert.transformer.layer[0].ffn.lin1.weight)
+
+
+def test_vocabulary_mismatches_are_clear_errors(tiny_bert_dir, tiny_roberta_dir, tmp_path):
+    with pytest.raises(ValueError, match="shared vocabulary"):
+        module(tiny_bert_dir, student=str(tiny_roberta_dir))
+    # same size, different token ids: swap two entries of the student's vocabulary
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_bert_dir, swapped)
+    spec = json.loads((swapped / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (swapped / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="tokenizers of the teacher .* differ"):
+        module(tiny_bert_dir, student=str(swapped))
+    m = module(tiny_bert_dir)
+    with pytest.raises(ValueError, match="data's tokenizer differs"):
+        check_shared_vocabulary(m.teacher, m.model, str(tiny_bert_dir), None, AutoTokenizer.from_pretrained(swapped))
+    with pytest.raises(ValueError, match="embeds only"):
+        check_shared_vocabulary(m.teacher, m.model, str(tiny_bert_dir), None,
+                                AutoTokenizer.from_pretrained(tiny_roberta_dir))
+
+
+def test_bad_switches(tiny_bert_dir):
+    with pytest.raises(ValueError, match="kl_positions"):
+        module(tiny_bert_dir, kl_positions="some")
+    with pytest.raises(ValueError, match="student_layers"):
+        module(tiny_bert_dir, student=str(tiny_bert_dir), student_layers=[0])
