@@ -140,6 +140,28 @@ class DistillationMixin:
             self.log(key, value.detach(), prog_bar=name == "total", batch_size=batch_size,
                      on_step=stage == "train", on_epoch=stage != "train", add_dataloader_idx=False)
 
+    def weighted_total(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add `terms["total"]` = sum over the terms of `alpha_<name> * term` (alpha_ce, alpha_mlm, alpha_hard, ...)."""
+        terms["total"] = sum(self.hparams[f"alpha_{name}"] * value for name, value in terms.items())
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.distillation_terms(batch)
+        self.log_terms("train", terms, batch_size(batch))
+        return terms["total"]
+
+    def model_card_info(self) -> dict[str, Any]:
+        """The parent module's model card, with the student's teacher, layer map and distillation recipe merged in."""
+        info = super().model_card_info()
+        card = self.distillation_card()
+        info["recipe"] = {**info.get("recipe", {}), **card.pop("recipe")}
+        info["recipe"].pop("base_model", None)  # the fine-tuning module's name for the teacher
+        task = getattr(self, "task_name", None)
+        on_task = f" on {task}" if task else ""
+        info.update(card, description=f"{type(self.model).__name__} distilled{on_task} from the teacher "
+                                      f"{self.teacher_path} (DistilBERT recipe).")
+        return info
+
     def distillation_card(self) -> dict[str, Any]:
         """Model-card facts of a student: teacher, layer map and distillation recipe."""
         hp = self.hparams
@@ -215,23 +237,11 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
             "mlm": masked_lm_loss(student_logits, labels[selected]),  # -100 rows (unmasked) are skipped
             "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask),
         }
-        hp = self.hparams
-        terms["total"] = hp.alpha_ce * terms["ce"] + hp.alpha_mlm * terms["mlm"] + hp.alpha_cos * terms["cos"]
-        return terms
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.distillation_terms(batch)
-        self.log_terms("train", terms, batch_size(batch))
-        return terms["total"]
+        return self.weighted_total(terms)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)  # the student's MLM loss, perplexity and accuracy
         self.log_terms("val_distill", self.distillation_terms(batch), batch_size(batch))
 
     def model_card_info(self) -> dict[str, Any]:
-        info = super().model_card_info()
-        card = self.distillation_card()
-        info["recipe"] = {**info.get("recipe", {}), **card.pop("recipe")}
-        info.update(card, task="masked language modelling (distilled)",
-                    description=f"{type(self.model).__name__} distilled from {self.teacher_path} (DistilBERT recipe).")
-        return info
+        return {**super().model_card_info(), "task": "masked language modelling (distilled)"}

@@ -7,8 +7,6 @@ and the model card are the fine-tuning modules' (the student is `self.model`).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
@@ -18,15 +16,6 @@ from lightning_modules.distill_losses import (classification_hard_loss, qa_hard_
 from lightning_modules.finetune import SequenceClassificationModule
 from lightning_modules.qa import QuestionAnsweringModule
 
-
-def add_distillation_card(module, info: dict[str, Any]) -> dict[str, Any]:
-    """Merge the student's distillation facts (teacher, layer map, loss weights) into a fine-tuning model card."""
-    card = module.distillation_card()
-    info["recipe"] = {**info.get("recipe", {}), **card.pop("recipe")}
-    info["recipe"].pop("base_model", None)  # the fine-tuning module's name for the teacher
-    info.update(card, description=f"{type(module.model).__name__} distilled on {module.task_name} from the "
-                                  f"fine-tuned teacher {module.teacher_path} (DistilBERT recipe).")
-    return info
 
 
 class GLUEDistillationModule(DistillationMixin, SequenceClassificationModule):
@@ -81,17 +70,7 @@ class GLUEDistillationModule(DistillationMixin, SequenceClassificationModule):
             "hard": classification_hard_loss(student.logits, batch["labels"], self.is_regression),
             "cos": self.cosine_term(student.hidden_states, teacher.hidden_states, batch["attention_mask"]),
         }
-        hp = self.hparams
-        terms["total"] = hp.alpha_ce * terms["ce"] + hp.alpha_hard * terms["hard"] + hp.alpha_cos * terms["cos"]
-        return terms
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.distillation_terms(batch)
-        self.log_terms("train", terms, int(batch["input_ids"].shape[0]))
-        return terms["total"]
-
-    def model_card_info(self) -> dict[str, Any]:
-        return add_distillation_card(self, super().model_card_info())
+        return self.weighted_total(terms)
 
 
 class QADistillationModule(DistillationMixin, QuestionAnsweringModule):
@@ -138,14 +117,4 @@ class QADistillationModule(DistillationMixin, QuestionAnsweringModule):
                                  batch["end_positions"]),
             "cos": self.cosine_term(student.hidden_states, teacher.hidden_states, mask),
         }
-        hp = self.hparams
-        terms["total"] = hp.alpha_ce * terms["ce"] + hp.alpha_hard * terms["hard"] + hp.alpha_cos * terms["cos"]
-        return terms
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.distillation_terms(batch)
-        self.log_terms("train", terms, int(batch["input_ids"].shape[0]))
-        return terms["total"]
-
-    def model_card_info(self) -> dict[str, Any]:
-        return add_distillation_card(self, super().model_card_info())
+        return self.weighted_total(terms)

@@ -52,6 +52,11 @@ def test_glue_fast_dev_run_trains_the_student_only(tmp_path, data_dir, tiny_bert
     assert not module.teacher.training
     assert all(not p.requires_grad for p in module.teacher.parameters())
     assert not any(k.startswith("teacher.") for k in module.state_dict())
+    # The student's model card: the fine-tuning card with the teacher, layer map and distillation recipe merged in.
+    card = module.model_card_info()
+    assert card["teacher"] == str(tiny_bert_sst2_teacher) and card["layer_map"] == [0, 2, 4]
+    assert card["recipe"]["alpha_ce"] == module.hparams.alpha_ce and "base_model" not in card["recipe"]
+    assert card["description"].startswith("DistilBertForSequenceClassification distilled on sst2 from the teacher")
 
 
 def test_teacher_without_a_task_head_is_a_clear_error(tmp_path, data_dir, tiny_bert_dir):
