@@ -4,7 +4,7 @@
 #   2. distil it into a 3-layer DistilBERT student (configs/distill/glue.yaml), exported to $OUT/student/best
 #   3. compare teacher and student: dev accuracy, parameters, CPU latency (scripts/compare_models.py),
 #      printed and written to $OUT/comparison.md
-# Sized for a 2-core CPU (~10 minutes on an idle machine): a train subset, short length-grouped sequences, one epoch each. Override with the variables
+# Sized for a 2-core CPU (~5 minutes on an idle machine): a train subset, short length-grouped sequences, one epoch each. Override with the variables
 # below (e.g. TRAIN_SAMPLES=67349 EPOCHS=3 for the whole training set). TensorBoard logs: runs/main_job-*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
