@@ -97,7 +97,18 @@ def save_export(model, out_dir: str | os.PathLike, tokenizer=None, model_card: s
             tokenizer.save_pretrained(tmp)
         if model_card is not None:
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
+        make_shareable(tmp)
     return out_dir
+
+
+def make_shareable(directory: Path) -> None:
+    """Give every file the permissions a new file gets (0666 minus the umask): the safetensors writer creates its
+    file 0600, which would leave the weights of a shared or served export unreadable to everyone but the owner."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 # ---- Lightning .ckpt -> Hugging Face model ---------------------------------------------------------------------------

@@ -139,6 +139,8 @@ def test_fit_exports_reload_with_same_outputs(tmp_path, tiny_bert_dir, tiny_dist
 
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["best", "last", "step-1", "step-2"]
     last = tmp_path / "export" / "last"
+    # Weights readable like every other file of the export (safetensors alone would write them 0600).
+    assert (last / "model.safetensors").stat().st_mode & 0o777 == (last / "config.json").stat().st_mode & 0o777
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= {
         p.name for p in last.iterdir()}
     reloaded = load_pretrained(auto_class(auto), str(last))  # the project's loader, offline
