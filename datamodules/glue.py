@@ -36,6 +36,13 @@ class TaskSpec:
     test_text_columns: tuple | None = None  # test.tsv names its columns differently (CoLA)
     hub_text_columns: tuple = ("sentence1", "sentence2")
     hub_label_names: tuple[str, ...] | None = ("0", "1")
+    # What the labels mean, for a model's `id2label` (the hub's glue names); the files' strings where None.
+    readable_label_names: tuple[str, ...] | None = None
+
+    @property
+    def model_label_names(self) -> tuple[str, ...] | None:
+        """Label names for `config.id2label`: readable where the files say only 0/1."""
+        return self.readable_label_names or self.label_names
 
     @property
     def is_regression(self) -> bool:
@@ -49,14 +56,16 @@ class TaskSpec:
 _ENTAIL = ("entailment", "not_entailment")
 GLUE_TASKS: dict[str, TaskSpec] = {s.name: s for s in (
     TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), ("matthews",), "matthews", header=False,
-             test_text_columns=("sentence",), hub_text_columns=("sentence",)),
+             test_text_columns=("sentence",), hub_text_columns=("sentence",),
+             readable_label_names=("unacceptable", "acceptable")),
     TaskSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",), "accuracy",
-             hub_text_columns=("sentence",)),
-    TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("f1", "accuracy"), "f1"),
+             hub_text_columns=("sentence",), readable_label_names=("negative", "positive")),
+    TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("f1", "accuracy"), "f1",
+             readable_label_names=("not_equivalent", "equivalent")),
     TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "pearson",
              hub_label_names=None),
     TaskSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("f1", "accuracy"), "f1",
-             hub_text_columns=("question1", "question2")),
+             hub_text_columns=("question1", "question2"), readable_label_names=("not_duplicate", "duplicate")),
     TaskSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
              ("accuracy",), "accuracy",
              dev_files=(("matched", "dev_matched.tsv", "validation_matched"),
@@ -68,7 +77,8 @@ GLUE_TASKS: dict[str, TaskSpec] = {s.name: s for s in (
              hub_text_columns=("question", "sentence"), hub_label_names=_ENTAIL),
     TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label", _ENTAIL, ("accuracy",), "accuracy",
              hub_label_names=_ENTAIL),
-    TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",), "accuracy"),
+    TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",), "accuracy",
+             readable_label_names=("not_entailment", "entailment")),
 )}
 
 

@@ -52,6 +52,18 @@ def glue_task_metrics(task_name: str, is_regression: bool) -> tuple[list[str], l
     return (["pearson", "spearman"] if is_regression else ["accuracy"]), ["dev"]
 
 
+def model_label_names(task_name: str | None, label_names: list[str]) -> list[str]:
+    """Names for `config.id2label`: a GLUE task's readable names (SST-2: negative/positive, not 0/1) when the labels
+    are that task's own, else the label names as given (the prediction files keep the data's label strings)."""
+    from datamodules.glue import GLUE_TASKS, normalize_task_name
+
+    name = normalize_task_name(task_name) if task_name else "custom"
+    spec = GLUE_TASKS.get(name)
+    if spec is not None and spec.label_names is not None and tuple(label_names) == spec.label_names:
+        return list(spec.model_label_names)
+    return list(label_names)
+
+
 class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
     """Shared fine-tuning recipe: AdamW with linear warmup/decay (lightning_modules/optim.py) on `self.model`.
 
@@ -140,8 +152,9 @@ class SequenceClassificationModule(FineTuningModule):
         config_kwargs = {"num_labels": num_labels,
                          "problem_type": "regression" if is_regression else "single_label_classification"}
         if label_names:
-            config_kwargs["id2label"] = dict(enumerate(label_names))
-            config_kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+            names = model_label_names(task_name, label_names)
+            config_kwargs["id2label"] = dict(enumerate(names))
+            config_kwargs["label2id"] = {name: i for i, name in enumerate(names)}
         if classifier_dropout is not None:
             config_kwargs["classifier_dropout"] = classifier_dropout
         self.model = load_pretrained(AutoModelForSequenceClassification, pretrained, **config_kwargs)

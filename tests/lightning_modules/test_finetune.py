@@ -35,7 +35,9 @@ def test_fast_dev_run_sst2(data_dir, tiny_bert_dir, tmp_path):
     cli = run_cli("fit", data_dir, tiny_bert_dir, tmp_path, "sst2", "--trainer.fast_dev_run=true")
     model = cli.model
     assert model.model.training  # dropout on: from_pretrained's eval mode must not leak into training
-    assert model.model.config.id2label == {0: "0", 1: "1"}
+    # The files say 0/1; the model (and its export) says what they mean, as the hub's glue/sst2 does.
+    assert model.model.config.id2label == {0: "negative", 1: "positive"}
+    assert model.label_names == ["0", "1"]  # prediction files keep the data's label strings
     assert {"train/loss", "val/accuracy", "val/score"} <= set(metrics(cli))
     assert metrics(cli)["val/score"] == metrics(cli)["val/accuracy"]
 
