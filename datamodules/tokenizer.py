@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -47,7 +47,9 @@ def train_byte_level_bpe(
     )
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # A unique name made like any new folder (mkdtemp would make it 0700: unreadable to others once renamed).
+    tmp = out_dir.parent / f".{out_dir.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
     try:
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():

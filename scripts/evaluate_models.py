@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
 from evaluation.latency import measure_cpu_latency  # noqa: E402
-from evaluation.writers import atomic_write_text, write_json  # noqa: E402
+from evaluation.writers import atomic_write_text, temporary_sibling, write_json  # noqa: E402
 
 QA_TASKS = ("squad", "squad_v2")
 
@@ -157,9 +156,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    tmp = temporary_sibling(path)
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     os.replace(tmp, path)
     return path

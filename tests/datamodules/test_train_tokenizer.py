@@ -22,6 +22,8 @@ def test_train_tokenizer_from_data_dir_files(data_dir, tmp_path, monkeypatch):
     assert ids[0] == 0 and ids[-1] == 2 and ids.count(2) == 3  # <s> A </s></s> B </s>
     assert "zorblax" in tok.decode(tok("Zorblax River")["input_ids"]).lower()  # SQuAD contexts were in the corpus
     assert not any(p.name.startswith(".tok.") for p in tmp_path.iterdir())  # no temporary folder left
+    (tmp_path / "plain").mkdir()  # the folder gets the permissions of any new folder (mkdtemp would make it 0700)
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
 
 
 def test_train_tokenizer_missing_file(tmp_path, capsys):

@@ -42,3 +42,6 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "two")
     assert (tmp_path / "a.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    # Same permissions as any new file (a mkstemp temporary would leave it 0600).
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
