@@ -32,7 +32,15 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         return str(packaged_minilm_dir())
     if name.startswith("packaged:"):
         raise ValueError(f"unknown packaged model {name!r}; the one packaged model is {PACKAGED_MINILM!r}")
-    return name
+    # A hub name is 'name' or 'namespace/name'; anything else that does not exist is a missing local directory.
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") >= 2 or (os.sep != "/" and os.sep in name)
+    if looks_local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(
+            f"model or tokenizer directory not found: {name} (a local path that does not exist; hub names have the "
+            f"form 'name' or 'namespace/name'). Create it first, e.g. a tokenizer with scripts/train_tokenizer.py "
+            f"or a model with the HFExport callback, or point the option at an existing directory."
+        )
+    return str(Path(name).expanduser()) if looks_local else name
 
 
 def load_pretrained(auto_class, name_or_path: str, **kwargs):
