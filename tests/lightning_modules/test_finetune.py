@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import train
+from tests.cli import model_data_args, quiet_run_args
 
 CONFIG = "configs/finetune/glue.yaml"
 
@@ -12,11 +13,8 @@ CONFIG = "configs/finetune/glue.yaml"
 def run_cli(subcommand, data_dir, model_dir, tmp_path, task, *extra):
     """train.main in-process on the tiny fixtures (tiny BERT, tiny GLUE files), everything written under tmp_path."""
     return train.main(args=[
-        subcommand, "--config", CONFIG, f"--data.init_args.task_name={task}", f"--data.init_args.data_dir={data_dir}",
-        f"--data.init_args.tokenizer={model_dir}", f"--model.init_args.pretrained={model_dir}",
-        "--data.init_args.batch_size=8", f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", *extra,
+        subcommand, "--config", CONFIG, f"--data.init_args.task_name={task}", *model_data_args(data_dir, model_dir),
+        "--data.init_args.batch_size=8", *quiet_run_args(tmp_path), *extra,
     ])
 
 

@@ -6,19 +6,18 @@ import torch
 
 import train
 from tests import fixtures
+from tests.cli import model_data_args, quiet_run_args
 
 CONFIG = "configs/finetune/squad.yaml"
 
 
 def run_cli(subcommand, data_dir, model_dir, tmp_path, *extra, eval_file="squad/dev-v1.1.json"):
     return train.main(args=[
-        subcommand, "--config", CONFIG, f"--data.init_args.data_dir={data_dir}",
-        f"--data.init_args.tokenizer={model_dir}", f"--model.init_args.pretrained={model_dir}",
+        subcommand, "--config", CONFIG, *model_data_args(data_dir, model_dir),
         f"--data.init_args.train_file={eval_file}", f"--data.init_args.eval_file={eval_file}",
         "--data.init_args.train_articles=[0, 1]", "--data.init_args.eval_articles=[1, 2]",
         "--data.init_args.max_seq_length=64", "--data.init_args.doc_stride=16", "--data.init_args.batch_size=4",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra,
+        *quiet_run_args(tmp_path), *extra,
     ])
 
 
