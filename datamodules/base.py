@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +29,23 @@ from transformers import DataCollatorWithPadding
 from datamodules.samplers import LengthGroupedSampler
 from models.pretrained import load_tokenizer
 
-CACHE_FORMAT_VERSION = 1  # bump when a builder's output changes for the same settings
+CACHE_FORMAT_VERSION = 2  # bump when a builder's output changes for the same settings
+CACHE_MANIFEST = "litbert_cache.json"  # written last in a cache entry: its key and its Arrow files
+
+
+class _AlreadyBuilt(Exception):
+    """Raised inside `atomic_directory` to drop a build another process finished first."""
+
+
+def load_cache_entry(target: Path):
+    """A cache entry as a `datasets.Dataset`: its Arrow files memory-mapped in order, or a `save_to_disk` folder."""
+    import datasets
+
+    manifest = json.loads((target / CACHE_MANIFEST).read_text())
+    if manifest["files"] is None:
+        return datasets.load_from_disk(str(target / "data"))
+    parts = [datasets.Dataset.from_file(str(target / f)) for f in manifest["files"]]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 class DataFormatError(ValueError):
@@ -282,37 +297,45 @@ class LitBertDataModule(pl.LightningDataModule):
         return {"builder": type(self).__name__, "format": CACHE_FORMAT_VERSION,
                 "tokenizer": tokenizer_digest(self.tokenizer), **settings}
 
-    def cached_dataset(self, name: str, key: dict, build: Callable[[], Any]):
-        """Load `<cache_dir>/<name>-<hash(key)>` if present, else `build()` it and save it atomically.
+    def cached_dataset(self, name: str, key: dict, build: Callable[[Path], Any]):
+        """Load `<cache_dir>/<name>-<hash(key)>` if present, else `build(workdir)` it and keep it, atomically.
 
-        `build` returns a `datasets.Dataset`; it is saved to a temporary folder next to the target and renamed, so an
-        error or interruption never leaves a half-written entry. `key` must hold everything that changes the result.
+        `build` returns a `datasets.Dataset`. A dataset whose Arrow files `build` wrote under `workdir` (the
+        `cache_file_name`s of its maps) is kept as those files, memory-mapped, never copied; any other (in memory) is
+        saved with `save_to_disk`. Everything else left in `workdir` is removed. The entry appears by one rename
+        (`models.convert.atomic_directory`), so an error or a kill never leaves a half-written entry, and a finished
+        entry that another process renamed first is kept. `key` must hold everything that changes the result.
         """
         import datasets
 
+        from models.convert import atomic_directory
+
         target = self.cache_dir / f"{name}-{key_digest(key)}"
-        if (target / "dataset_info.json").is_file():
-            return datasets.load_from_disk(str(target))
+        if (target / CACHE_MANIFEST).is_file():
+            return load_cache_entry(target)
         bars_were_on = not datasets.utils.are_progress_bars_disabled()
         datasets.disable_progress_bars()  # a build prints one bar per map/save otherwise
-        tmp = None
         try:
-            dataset = build()
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.cache_dir))
-            dataset.save_to_disk(str(tmp))
-            (tmp / "litbert_key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
-            try:
-                os.replace(tmp, target)
-            except OSError:  # another process finished the same entry first: keep theirs
-                if not (target / "dataset_info.json").is_file():
-                    raise
+            with atomic_directory(target) as tmp:
+                dataset = build(tmp)
+                files = [Path(f["filename"]).resolve() for f in dataset.cache_files]
+                kept = [f.relative_to(tmp.resolve()) for f in files if tmp.resolve() in f.parents]
+                if not files or len(kept) != len(files) or dataset._indices is not None:
+                    dataset.save_to_disk(str(tmp / "data"))
+                    kept = None
+                for path in sorted(tmp.iterdir()):  # intermediate files of the build
+                    if path.name != "data" and (kept is None or not any(k.parts[0] == path.name for k in kept)):
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+                manifest = {"key": key, "files": None if kept is None else [str(k) for k in kept]}
+                (tmp / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+                if (target / CACHE_MANIFEST).is_file():  # another process finished the same entry first
+                    raise _AlreadyBuilt
+        except _AlreadyBuilt:
+            pass
         finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
             if bars_were_on:
                 datasets.enable_progress_bars()
-        return datasets.load_from_disk(str(target))
+        return load_cache_entry(target)
 
     def map_kwargs(self, n_rows: int, digest: str) -> dict:
         """Arguments for `Dataset.map` on freshly built in-memory data: several processes when worth it."""

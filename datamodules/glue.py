@@ -280,7 +280,7 @@ class GLUEDataModule(LitBertDataModule):
         key = self.cache_key(spec=asdict(self.spec), split=split, source=source, max_seq_length=self.max_seq_length,
                              limit=limit, encoding=self.encoding, header=self.header)
 
-        def build():
+        def build(_workdir):  # in-memory result: cached with save_to_disk
             from datasets import Dataset
 
             data = columns if columns is not None else self._read_file_columns(relative, split)

@@ -182,7 +182,7 @@ class SQuADDataModule(LitBertDataModule):
                              max_seq_length=self.max_seq_length, doc_stride=self.doc_stride,
                              v2=self.version_2_with_negative)
 
-        def build():
+        def build(_workdir):  # in-memory result: cached with save_to_disk
             prepare = partial(prepare_features, tokenizer=self.tokenizer, max_seq_length=self.max_seq_length,
                               doc_stride=self.doc_stride)
             features = examples.map(prepare, remove_columns=examples.column_names,

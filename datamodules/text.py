@@ -1,137 +1,57 @@
-"""MLM corpora: documents from text files, GLUE TSVs or SQuAD JSON, packed into blocks; masking per batch.
+"""TextCorpusDataModule: packed MLM blocks from corpora of any size, masked per batch on the device.
 
-Sources (paths relative to data_dir; the format is told by the extension and layout):
-- `.txt`: WikiText layout (` = Heading = ` top-level lines start an article = a document; ` = = Sub = = ` lines are
-  sections inside it; blank lines separate paragraphs). A text file without top-level headings is read as documents
-  separated by blank lines (the BERT pretraining-data convention).
-- `.tsv` under `glue/<TASK>/`: each row a document (the task's text column(s)).
-- `.json`: SQuAD format: each article a document (its paragraphs' contexts).
-
-Packing (RoBERTa, Liu et al. 2019): FULL-SENTENCES fills every block with contiguous text that crosses document
-boundaries, with an extra separator token between documents; DOC-SENTENCES never crosses a document, so blocks at
-document ends are shorter. Each block is `<s> ... </s>` (`[CLS] ... [SEP]` for BERT tokenizers) of at most
-`max_seq_length` tokens. Only the very last block may be partial, and `drop_last_block` drops it.
+Where the blocks come from is `datamodules/corpus.py` (sources, text as it reads, tokenize and pack with batched
+`datasets.map` into a memory-mapped Arrow cache); `datamodules/streaming.py` is the streaming mode for corpora larger
+than the disk (`streaming: true`: the training split is read, tokenized and packed on the fly, sharded across ranks
+and workers, resumable). Masking is `datamodules/masking.py`, applied in `on_after_batch_transfer`.
 """
 from __future__ import annotations
 
-import itertools
 from functools import partial
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from datamodules.base import (DataFormatError, LitBertDataModule, decode_text_file, file_digest, key_digest,
-                              read_table, resolve_data_file)
+from datamodules.base import DataFormatError, LitBertDataModule, file_digest, key_digest, resolve_data_file
+from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, full_sentences_starts, generate_documents,
+                                load_hub_documents, owner_starts, pack_doc_sentences, pack_full_sentences, tokenize_batch_size,
+                                tokenize_documents)
 
 BATCH_COLUMNS = ["input_ids", "example_index"]
-
-
-def is_top_heading(line: str) -> bool:
-    """` = Title = ` (an article), not ` = = Section = = `."""
-    s = line.strip()
-    return len(s) > 4 and s.startswith("= ") and s.endswith(" =") and not s.startswith("= =")
-
-
-def read_text_documents(path: Path) -> list[list[str]]:
-    """Documents (lists of non-blank lines) of a WikiText-layout or blank-line-separated text file."""
-    lines = decode_text_file(path).splitlines()
-    docs: list[list[str]] = []
-    if any(is_top_heading(line) for line in lines):
-        for line in lines:
-            if is_top_heading(line) or not docs:
-                docs.append([])
-            if line.strip():
-                docs[-1].append(line)
-    else:
-        for blank, group in itertools.groupby(lines, key=lambda x: not x.strip()):
-            if not blank:
-                docs.append(list(group))
-    return [d for d in docs if d]
-
-
-def read_glue_documents(path: Path) -> list[list[str]]:
-    """Each row of a GLUE TSV is a document; its text column(s) are its lines."""
-    from datamodules.glue import GLUE_TASKS, normalize_task_name
-
-    try:
-        spec = GLUE_TASKS[normalize_task_name(path.parent.name)]
-    except ValueError:
-        raise DataFormatError(f"{path}: a .tsv corpus source must be a GLUE file under glue/<TASK>/ (to know its "
-                              f"text columns); {path.parent.name!r} is not a GLUE task folder") from None
-    is_test = path.name.startswith("test")
-    table = read_table(path, header=spec.header or is_test)
-    columns = spec.test_text_columns if is_test and spec.test_text_columns else spec.text_columns
-    values = [table.values(c) for c in columns]
-    return [[str(v) for v in row] for row in zip(*values)]
-
-
-def read_squad_documents(path: Path) -> list[list[str]]:
-    """Each SQuAD article is a document; its paragraphs' contexts are its lines."""
-    from datamodules.squad import load_squad_json
-
-    data = load_squad_json(path)
-    try:
-        return [[p["context"] for p in article["paragraphs"]] for article in data["data"]]
-    except (KeyError, TypeError) as err:
-        raise DataFormatError(f"{path}: expected SQuAD articles with paragraphs[].context ({err!r})") from None
-
-
-def read_documents(path: Path) -> list[list[str]]:
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        return read_squad_documents(path)
-    if suffix == ".tsv":
-        return read_glue_documents(path)
-    if suffix in (".txt", ".tokens", ".raw", ""):
-        return read_text_documents(path)
-    raise DataFormatError(f"{path}: unknown corpus format {suffix!r}; expected .txt (WikiText layout or blank-line "
-                          f"separated documents), .tsv (a GLUE file) or .json (SQuAD)")
-
-
-def tokenize_lines(batch: dict, tokenizer) -> dict:
-    return {"ids": tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]}
-
-
-def pack_blocks(documents: list[list[int]], max_seq_length: int, mode: str, bos_id: int, eos_id: int,
-                separator_id: int, drop_last_block: bool) -> tuple[list[list[int]], list[int]]:
-    """(blocks, index of the document each block starts in). Each block is [bos] + up to L-2 tokens + [eos]."""
-    size = max_seq_length - 2
-    chunks, first_doc = [], []
-    if mode == "full_sentences":
-        stream, doc_of = [], []
-        for d, doc in enumerate(documents):
-            if stream:
-                stream.append(separator_id)  # the extra separator between documents
-                doc_of.append(d)
-            stream.extend(doc)
-            doc_of.extend([d] * len(doc))
-        for i in range(0, len(stream), size):
-            chunks.append(stream[i:i + size])
-            first_doc.append(doc_of[i])
-    else:
-        for d, doc in enumerate(documents):
-            for i in range(0, len(doc), size):
-                chunks.append(doc[i:i + size])
-                first_doc.append(d)
-    if drop_last_block and chunks and len(chunks[-1]) < size:
-        chunks.pop()
-        first_doc.pop()
-    return [[bos_id, *c, eos_id] for c in chunks], first_doc
+SPLITS = ("train", "val", "test")
 
 
 class TextCorpusDataModule(LitBertDataModule):
     """Packed MLM blocks; batches (after `on_after_batch_transfer`): masked `input_ids`, `attention_mask`,
-    `labels` (-100 where not selected), `example_index` (the block's index in its split).
+    `labels` (-100 where not selected), `example_index` (the block's index in its split; a hash of the block in
+    streaming mode).
 
     Args (besides LitBertDataModule's; `max_seq_length` is the block length, special tokens included):
-        train_files / val_files / test_files: sources relative to data_dir (see the module docstring).
-        packing: "full_sentences" or "doc_sentences". drop_last_block: drop the corpus' final partial block.
-        max_train_samples / max_eval_samples: keep the FIRST N blocks (deterministic).
-        mlm_probability, masking ("dynamic": a new mask per epoch; "static": `static_duplicates` fixed masks used in
-            turn), whole_word_mask, mlm_smoothing (DistilBERT: mask rare tokens more, counts from the train blocks),
-            mask_seed: the `datamodules.masking.MLMMasker` settings; masks are a function of (seed, epoch, block).
+        train_files: local training sources relative to data_dir (.txt, .jsonl, .parquet, GLUE .tsv, SQuAD .json).
+        val_files: local validation sources (same formats).
+        test_files: local test sources (same formats).
+        dataset_name: a hub dataset (e.g. `Salesforce/wikitext`) or a local dataset folder, read with
+            `datasets.load_dataset`; used for every split whose `*_split` is set, the files for the others.
+        dataset_config: the dataset's configuration (e.g. `wikitext-103-raw-v1`), None for its default.
+        train_split: the dataset's training split name (None: use train_files).
+        val_split: the dataset's validation split name (None: use val_files).
+        test_split: the dataset's test split name (None: use test_files).
+        text_column: the text column of JSON lines, Parquet and hub records.
+        text_layout: text files: "auto", "wikitext", "paragraphs" (blank-line separated) or "lines" (one per line).
+        encoding: encoding of the text and JSON-lines files.
+        streaming: read, tokenize and pack the training split on the fly (`datamodules/streaming.py`), no cache.
+        shuffle_buffer: streaming mode: documents in the shuffle buffer (0: stream order, exactly resumable).
+        packing: "full_sentences" (blocks cross documents, with a separator) or "doc_sentences" (never cross).
+        drop_last_block: drop the corpus' final partial block.
+        mlm_probability: fraction of the tokens selected for prediction (`datamodules.masking.MLMMasker`).
+        masking: "dynamic" (a new mask per epoch) or "static" (`static_duplicates` fixed masks used in turn).
+        static_duplicates: number of fixed masks of static masking.
+        whole_word_mask: select whole words (word starts by the tokenizer's kind).
+        mlm_smoothing: DistilBERT's smoothing: mask rare tokens more (counts from the train blocks).
+        mask_seed: masks are a function of (mask_seed, epoch, example_index).
         mask: False gives unmasked batches (no `labels`), e.g. for a distillation module that masks itself.
+        max_train_samples: keep the FIRST N training blocks (deterministic).
+        max_eval_samples: keep the FIRST N validation/test blocks.
     """
 
     def __init__(
@@ -140,6 +60,16 @@ class TextCorpusDataModule(LitBertDataModule):
         train_files: list[str] = ["wikitext-2/train.txt"],  # noqa: B006 (never mutated)
         val_files: list[str] = ["wikitext-2/valid.txt"],  # noqa: B006
         test_files: list[str] = ["wikitext-2/test.txt"],  # noqa: B006
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        train_split: str | None = "train",
+        val_split: str | None = "validation",
+        test_split: str | None = "test",
+        text_column: str = "text",
+        text_layout: Literal["auto", "wikitext", "paragraphs", "lines"] = "auto",
+        encoding: str = "utf-8",
+        streaming: bool = False,
+        shuffle_buffer: int = 10000,
         packing: Literal["full_sentences", "doc_sentences"] = "full_sentences",
         drop_last_block: bool = True,
         mlm_probability: float = 0.15,
@@ -169,8 +99,17 @@ class TextCorpusDataModule(LitBertDataModule):
             raise ValueError(f"packing must be 'full_sentences' or 'doc_sentences', got {packing!r}")
         if masking not in ("dynamic", "static"):
             raise ValueError(f"masking must be 'dynamic' or 'static', got {masking!r}")
+        if text_layout not in TEXT_LAYOUTS:
+            raise ValueError(f"text_layout must be one of {TEXT_LAYOUTS}, got {text_layout!r}")
+        if streaming and mlm_smoothing > 0:
+            raise ValueError("mlm_smoothing needs the token counts of the whole training split, which streaming mode "
+                             "never sees: use the cached (non-streaming) mode for it")
         self.task_name = "mlm"
-        self.files = {"train": list(train_files), "val": list(val_files), "test": list(test_files)}
+        self.files = {"train": list(train_files or []), "val": list(val_files or []), "test": list(test_files or [])}
+        self.dataset_name, self.dataset_config = dataset_name, dataset_config
+        self.hub_splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.text_column, self.text_layout, self.encoding = text_column, text_layout, encoding
+        self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
         self.packing, self.drop_last_block = packing, drop_last_block
         self.masker_kwargs = dict(mlm_probability=mlm_probability, seed=mask_seed, whole_word_mask=whole_word_mask,
                                   static_duplicates=static_duplicates if masking == "static" else None,
@@ -180,54 +119,137 @@ class TextCorpusDataModule(LitBertDataModule):
         self.datasets: dict = {}
         self.masker = None
 
-    def load_split(self, split: str):
-        """The packed blocks of `split` ("train", "val", "test") as a `datasets.Dataset` (cached)."""
-        from datasets import Dataset
-
+    # ---- sources -----------------------------------------------------------------------------------------------
+    def sources(self, split: str) -> list[Source]:
+        """The sources of `split`: the hub dataset's split if `dataset_name` and `<split>_split` are set, else files."""
+        if self.dataset_name and self.hub_splits[split]:
+            return [Source(hub=(self.dataset_name, self.dataset_config, self.hub_splits[split]))]
         if not self.files[split]:
-            raise ValueError(f"no {split}_files given, but this stage needs the {split} split")
-        paths = [resolve_data_file(self.data_dir, f) for f in self.files[split]]
+            raise ValueError(f"no {split}_files given (and no dataset_name with a {split}_split), but this stage "
+                             f"needs the {split} split")
+        return [Source(path=resolve_data_file(self.data_dir, f)) for f in self.files[split]]
+
+    def documents(self, sources: list[Source], workdir, streaming: bool = False):
+        """One {"text"} dataset of all documents of `sources`, in order (an IterableDataset when streaming)."""
+        import datasets
+
+        parts, features = [], datasets.Features({"text": datasets.Value("string")})
+        for source in sources:
+            if source.hub is not None:
+                parts.append(load_hub_documents(*source.hub, self.text_column, streaming=streaming))
+                continue
+            kwargs = dict(paths=[str(source.path)], text_column=self.text_column, text_layout=self.text_layout,
+                          encoding=self.encoding)
+            if streaming:
+                parts.append(datasets.IterableDataset.from_generator(generate_documents, gen_kwargs=kwargs))
+            else:
+                try:
+                    parts.append(datasets.Dataset.from_generator(
+                        generate_documents, gen_kwargs=kwargs, cache_dir=str(workdir / "documents"),
+                        features=features))
+                except datasets.exceptions.DatasetGenerationError as err:  # our reader's own message, unwrapped
+                    if isinstance(err.__cause__, DataFormatError):
+                        raise err.__cause__ from None
+                    raise
+                except ValueError as err:  # `datasets` refuses a generator that yields nothing
+                    if "corresponds to no data" not in str(err):
+                        raise
+                    parts.append(datasets.Dataset.from_dict({"text": []}, features=features))
+        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+    def source_key(self, source: Source) -> tuple:
+        """What identifies a source's content in the cache key (file bytes, or the hub dataset's fingerprint)."""
+        if source.hub is not None:
+            return (*source.hub, self.text_column, load_hub_documents(*source.hub, self.text_column)._fingerprint)
+        return (source.path.name, file_digest(source.path))
+
+    # ---- the cached (memory-mapped) blocks of a split -----------------------------------------------------------
+    def load_split(self, split: str):
+        """The packed blocks of `split` ("train", "val", "test") as a memory-mapped `datasets.Dataset` (cached)."""
+        sources = self.sources(split)
         limit = self.max_samples[split]
-        key = self.cache_key(sources=[(str(f), file_digest(p)) for f, p in zip(self.files[split], paths)],
-                             packing=self.packing, max_seq_length=self.max_seq_length, limit=limit,
-                             drop_last_block=self.drop_last_block)
+        key = self.cache_key(sources=[self.source_key(s) for s in sources], text_layout=self.text_layout,
+                             text_column=self.text_column, encoding=self.encoding, packing=self.packing,
+                             max_seq_length=self.max_seq_length, limit=limit, drop_last_block=self.drop_last_block)
+        return self.cached_dataset(f"mlm-{split}", key, partial(self.build_blocks, sources, split, limit, key))
 
-        def build():
-            docs = [doc for p in paths for doc in read_documents(p)]
-            lines = Dataset.from_dict({"doc": [d for d, doc in enumerate(docs) for _ in doc],
-                                       "text": [line for doc in docs for line in doc]})
-            ids = lines.map(partial(tokenize_lines, tokenizer=self.tokenizer), remove_columns=["text"],
-                            **self.map_kwargs(len(lines), key_digest(key)))
-            token_docs = [[] for _ in docs]  # concatenate each document's lines
-            for d, line_ids in zip(ids["doc"], ids["ids"]):
-                token_docs[d].extend(line_ids)
-            tok = self.tokenizer
-            blocks, first_doc = pack_blocks([d for d in token_docs], self.max_seq_length, self.packing,
-                                            tok.cls_token_id, tok.sep_token_id, tok.sep_token_id,
-                                            self.drop_last_block)
-            if limit is not None:
-                blocks, first_doc = blocks[:limit], first_doc[:limit]
-            if not blocks:
-                raise DataFormatError(f"no text in {[str(p) for p in paths]}: the {split} split has no blocks")
-            return Dataset.from_dict({"input_ids": blocks, "example_index": list(range(len(blocks))),
-                                      "document_index": first_doc})
+    def build_blocks(self, sources: list[Source], split: str, limit: int | None, key: dict, workdir):
+        """documents -> token ids (batched map, `num_proc` processes) -> blocks (batched map), all Arrow on disk."""
+        import datasets
 
-        return self.cached_dataset(f"mlm-{split}", key, build)
+        Sequence, Value = datasets.Sequence, datasets.Value
+        docs = self.documents(sources, workdir)
+        digest = key_digest(key)
+        num_proc = self.num_proc if self.num_proc > 1 and len(docs) >= 2 * self.num_proc else None
+        batch = tokenize_batch_size(docs)
+        tokens = docs.map(tokenize_documents, fn_kwargs={"tokenizer": self.tokenizer}, batched=True,
+                          batch_size=batch, writer_batch_size=batch, num_proc=num_proc, remove_columns=["text"], cache_file_name=str(workdir / "tokens.arrow"),
+                          new_fingerprint=f"{digest}-tokens",
+                          features=datasets.Features({"ids": Sequence(Value("int32")), "n": Value("int64")}))
+        lengths = tokens.data.column("n").to_numpy() if len(tokens) else np.zeros(0, dtype=np.int64)
+        size = self.max_seq_length - 2
+        n_blocks, first_block = block_counts(lengths, size, self.packing, self.drop_last_block, limit)
+        if n_blocks == 0:
+            raise DataFormatError(f"no text in {[s.describe() for s in sources]}: the {split} split has no blocks "
+                                  f"of {self.max_seq_length} tokens")
+        tok = self.tokenizer
+        if self.packing == "full_sentences":
+            starts = full_sentences_starts(lengths)
+            needed = int(np.searchsorted(owner_starts(starts), (n_blocks - 1) * size, side="right"))  # documents up to the last start
+            pack = partial(pack_full_sentences, tokens=tokens.select_columns(["ids"]), starts=starts,
+                           n_blocks=n_blocks, size=size, bos=tok.cls_token_id, eos=tok.sep_token_id,
+                           sep=tok.sep_token_id)
+        else:
+            needed = int(np.searchsorted(first_block, n_blocks - 1, side="right"))
+            pack = partial(pack_doc_sentences, first_block=first_block, n_blocks=n_blocks, size=size,
+                           bos=tok.cls_token_id, eos=tok.sep_token_id)
+        features = datasets.Features({"input_ids": Sequence(Value("int32")), "example_index": Value("int64"),
+                                      "document_index": Value("int64")})
+        owners = tokens.select(range(needed)) if needed < len(tokens) else tokens
+        num_proc = self.num_proc if self.num_proc > 1 and needed >= 2 * self.num_proc else None
+        batch = max(1, 4 * tokenize_batch_size(docs))  # token ids take 4 bytes, the text about 4 bytes per token
+        return owners.with_format("numpy").map(pack, batched=True, batch_size=batch, writer_batch_size=1024,
+                                               with_indices=True, remove_columns=tokens.column_names,
+                                               num_proc=num_proc, features=features, cache_file_name=str(workdir / "blocks.arrow"),
+                          new_fingerprint=f"{digest}-blocks")
 
     def token_counts(self) -> np.ndarray:
-        """Occurrences of each token id in the train blocks (for mlm_smoothing)."""
+        """Occurrences of each token id in the train blocks (for mlm_smoothing), read batch by batch."""
         import pyarrow.compute as pc
 
-        flat = pc.list_flatten(self.datasets["train"].data.column("input_ids")).to_numpy()
-        return np.bincount(flat, minlength=len(self.tokenizer))
+        counts = np.zeros(len(self.tokenizer), dtype=np.int64)
+        for table in self.datasets["train"].with_format("arrow").select_columns(["input_ids"]).iter(1 << 14):
+            flat = pc.list_flatten(table.column("input_ids")).to_numpy()
+            counts += np.bincount(flat, minlength=len(counts))[: len(counts)]
+        return counts
 
-    def setup(self, stage: str | None = None) -> None:
+    # ---- Lightning hooks -------------------------------------------------------------------------------------------
+    def needed_splits(self, stage: str | None) -> list[str]:
         needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["val"],
                   None: ["train", "val"]}[stage]
-        if self.masker_kwargs["mlm_smoothing"] > 0 and self.mask:
+        if self.masker_kwargs["mlm_smoothing"] > 0 and self.mask and "train" not in needed:
             needed = ["train", *needed]
-        for split in needed:
-            if split not in self.datasets:
+        return needed
+
+    def cached_splits(self, stage: str | None) -> list[str]:
+        """The splits read through the Arrow cache (all but a streamed training split)."""
+        return [s for s in self.needed_splits(stage) if not (s == "train" and self.streaming)]
+
+    def prepare_data(self) -> None:
+        """Build the caches once (Lightning runs this on one process per node before the others' `setup`)."""
+        stage = getattr(getattr(self.trainer, "state", None), "fn", None)
+        for split in self.cached_splits(str(stage.value) if stage is not None else None):
+            self.load_split(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self.needed_splits(stage):
+            if split in self.datasets:
+                continue
+            if split == "train" and self.streaming:
+                from datamodules.streaming import StreamingBlocks
+
+                self.datasets[split] = StreamingBlocks(self, self.sources(split))
+            else:
                 self.datasets[split] = self.load_split(split)
         if self.mask and self.masker is None:
             from datamodules.masking import MLMMasker
@@ -236,6 +258,10 @@ class TextCorpusDataModule(LitBertDataModule):
             self.masker = MLMMasker(self.tokenizer, token_counts=counts, **self.masker_kwargs)
 
     def train_dataloader(self):
+        if self.streaming:
+            from datamodules.streaming import streaming_dataloader
+
+            return streaming_dataloader(self, self.datasets["train"])
         return self.make_dataloader(self.datasets["train"], train=True, columns=BATCH_COLUMNS)
 
     def val_dataloader(self):

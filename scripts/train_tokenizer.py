@@ -50,12 +50,15 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def as_text_file(path: Path, tmp: Path) -> Path:
-    """Plain text files as they are; SQuAD JSON / GLUE TSV through the corpus readers (one line per paragraph)."""
-    if path.suffix.lower() not in (".json", ".tsv"):
+    """Plain text files as they are; SQuAD JSON / GLUE TSV / JSON lines / Parquet through the corpus readers, one
+    document per line, written as they are read (memory: one document)."""
+    if path.suffix.lower() not in (".json", ".tsv", ".jsonl", ".parquet"):
         return path
-    from datamodules.text import read_documents
+    from datamodules.corpus import iter_file_documents
 
-    tmp.write_text("\n".join(line for doc in read_documents(path) for line in doc) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for document in iter_file_documents(path):
+            out.write(document.replace("\n", " ") + "\n")
     return tmp
 
 

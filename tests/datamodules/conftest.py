@@ -19,5 +19,21 @@ def glue_dm(data_dir, wordpiece_tokenizer_dir, tmp_path):
     return make
 
 
+@pytest.fixture
+def text_dm(data_dir, bpe_tokenizer_dir, tmp_path):
+    """Factory: a TextCorpusDataModule on the fixture data with the byte-level BPE and a per-test cache."""
+    from datamodules.text import TextCorpusDataModule
+
+    def make(**kwargs):
+        kwargs.setdefault("tokenizer", str(bpe_tokenizer_dir))
+        kwargs.setdefault("data_dir", str(data_dir))
+        kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
+        kwargs.setdefault("max_seq_length", 32)
+        kwargs.setdefault("batch_size", 4)
+        return TextCorpusDataModule(**kwargs)
+
+    return make
+
+
 def batches(loader):
     return list(iter(loader))

@@ -1,71 +1,10 @@
-"""TextCorpusDataModule: documents per source format, FULL-/DOC-SENTENCES packing, masking per batch."""
+"""TextCorpusDataModule: masking per batch, the Trainer, bad sources (the corpus pipeline: tests/datamodules/test_corpus.py)."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from datamodules.text import TextCorpusDataModule, read_documents
-
-
-@pytest.fixture
-def text_dm(data_dir, bpe_tokenizer_dir, tmp_path):
-    def make(**kwargs):
-        kwargs.setdefault("tokenizer", str(bpe_tokenizer_dir))
-        kwargs.setdefault("data_dir", str(data_dir))
-        kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
-        kwargs.setdefault("max_seq_length", 32)
-        kwargs.setdefault("batch_size", 4)
-        return TextCorpusDataModule(**kwargs)
-    return make
-
-
-def _doc_token_lists(dm, files):
-    """Each document's tokens, tokenized line by line as the DataModule does."""
-    docs = [doc for f in files for doc in read_documents(dm.data_dir / f)]
-    return [[t for line in doc for t in dm.tokenizer(line, add_special_tokens=False)["input_ids"]] for doc in docs]
-
-
-def test_document_readers(data_dir):
-    wiki = read_documents(data_dir / "wikitext-2" / "train.txt")
-    assert len(wiki) == 8 and all(doc[0].strip().startswith("= Article") for doc in wiki)  # sections stay inside
-    assert len(read_documents(data_dir / "glue" / "SST-2" / "train.tsv")) == 24  # each row a document
-    assert len(read_documents(data_dir / "glue" / "CoLA" / "train.tsv")) == 24  # no header
-    squad = read_documents(data_dir / "squad" / "dev-v1.1.json")
-    assert len(squad) == 2 and len(squad[0]) == 2  # articles of two paragraphs
-
-
-@pytest.mark.parametrize("drop_last_block", [False, True])
-def test_full_sentences_packing(text_dm, drop_last_block):
-    files = ["wikitext-2/valid.txt", "glue/SST-2/dev.tsv"]
-    dm = text_dm(val_files=files, drop_last_block=drop_last_block)
-    dm.setup("validate")
-    blocks = dm.datasets["val"]["input_ids"]
-    tok = dm.tokenizer
-    assert all(b[0] == tok.cls_token_id == 0 and b[-1] == tok.sep_token_id == 2 for b in blocks)
-    assert all(len(b) == 32 for b in blocks[:-1])  # every block full but the last
-    docs = _doc_token_lists(dm, files)
-    stream = [t for i, d in enumerate(docs) for t in ([tok.sep_token_id] if i else []) + d]
-    content = [t for b in blocks for t in b[1:-1]]
-    if drop_last_block:
-        assert len(blocks[-1]) == 32 and content == stream[:len(content)] and len(stream) - len(content) < 30
-    else:
-        assert content == stream and len(blocks[-1]) < 32
-    # 3 articles + 12 rows: the 14 separators between documents are the only separators inside blocks
-    assert len(docs) == 15 and not any(tok.sep_token_id in d for d in docs)
-    assert content.count(tok.sep_token_id) == (14 if not drop_last_block else stream[:len(content)].count(2))
-    assert list(dm.datasets["val"]["example_index"]) == list(range(len(blocks)))
-
-
-def test_doc_sentences_never_cross_documents(text_dm):
-    files = ["wikitext-2/valid.txt", "squad/dev-v1.1.json"]
-    dm = text_dm(val_files=files, packing="doc_sentences", drop_last_block=False)
-    dm.setup("validate")
-    data = dm.datasets["val"]
-    docs = _doc_token_lists(dm, files)
-    expected = [d[i:i + 30] for d in docs for i in range(0, len(d), 30)]
-    assert [b[1:-1] for b in data["input_ids"]] == expected
-    assert any(len(b) < 32 for b in data["input_ids"][:-1])  # shorter blocks at document ends
-    assert sorted(set(data["document_index"])) == list(range(len(docs)))
+from datamodules.text import TextCorpusDataModule
 
 
 def test_masking_in_on_after_batch_transfer(text_dm):

@@ -1,0 +1,152 @@
+"""Streaming mode of the text DataModule (`streaming: true`): corpora larger than the disk or one machine's preparation.
+
+The training split is never cached: documents stream from the sources (`datasets` streaming: a hub dataset with
+`load_dataset(..., streaming=True)`, local files through `IterableDataset.from_generator`, one shard per file), are
+tokenized in batches and packed on the fly (FULL-SENTENCES with a carry-over, or DOC-SENTENCES).
+
+- Sharding: `datasets.distributed.split_dataset_by_node` gives each (rank, DataLoader worker) pair its own part of
+  the stream: whole shards (files) when their number is a multiple of ranks x workers, else every
+  (ranks x workers)-th document (every reader then reads all the data and keeps its share).
+- Masks: the example index of a streamed block is a 62-bit hash of its tokens, so its masks are a function of
+  (seed, epoch, block content), whatever the number of ranks and workers.
+- Resume: the DataLoader is torchdata's `StatefulDataLoader`, which Lightning saves in the checkpoint. Each worker's
+  state is the source position (`datasets` `IterableDataset.state_dict()`) at the batch of documents where the next
+  block starts, plus the number of that batch's stream tokens already emitted: `--ckpt_path` continues with the
+  block after the last one trained on. With `shuffle_buffer > 0` the documents in the shuffle buffer at the time of
+  the checkpoint are not restored (a `datasets` limitation), so exact resume needs `shuffle_buffer: 0`.
+- Epochs: the shard order and the shuffle buffer are seeded with (seed, epoch); an epoch ends when the stream does.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from datamodules.corpus import tokenize_documents
+
+DOCUMENT_BATCH = 64  # documents tokenized per call (the resume granularity of the source)
+
+
+def block_hash(block: np.ndarray) -> int:
+    """A 62-bit id of a block's content (its example index for masking)."""
+    return int.from_bytes(hashlib.blake2b(block.astype(np.int32).tobytes(), digest_size=8).digest(), "little") >> 2
+
+
+class StreamingBlocks(IterableDataset):
+    """Packed blocks of a streamed corpus: dicts of `input_ids` (int list) and `example_index` (a content hash)."""
+
+    def __init__(self, datamodule, sources):
+        super().__init__()
+        self.sources = sources
+        self.documents_fn = datamodule.documents  # (sources, workdir, streaming) -> datasets.IterableDataset
+        self.tokenizer = datamodule.tokenizer
+        self.size = datamodule.max_seq_length - 2
+        self.packing = datamodule.packing
+        self.drop_last_block = datamodule.drop_last_block
+        self.bos, self.eos = datamodule.tokenizer.cls_token_id, datamodule.tokenizer.sep_token_id
+        self.seed, self.shuffle_buffer = datamodule.seed, datamodule.shuffle_buffer
+        self.rank, self.world_size, self.epoch = 0, 1, 0
+        self._state: dict | None = None  # position of the next block (set while iterating)
+        self._resume: dict | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def stream(self):
+        """The documents of this rank and DataLoader worker: stream r * workers + w of ranks * workers."""
+        from datasets.distributed import split_dataset_by_node
+
+        docs = self.documents_fn(self.sources, None, streaming=True)
+        if self.shuffle_buffer > 0:
+            docs = docs.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        docs.set_epoch(self.epoch)
+        worker = torch.utils.data.get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        if self.world_size * workers > 1:
+            docs = split_dataset_by_node(docs, rank=self.rank * workers + worker_id,
+                                         world_size=self.world_size * workers)
+        return docs
+
+    # torchdata's StatefulDataLoader calls these inside each worker (or in the main process without workers).
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self._state) if self._state is not None else {"epoch": self.epoch, "source": None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = copy.deepcopy(state)
+
+    def segments(self, batch: dict, first: bool) -> list[tuple[np.ndarray, bool]]:
+        """A batch of documents as (tokens, ends a document) segments: FULL-SENTENCES one segment with a separator
+        before every document but the stream's first, DOC-SENTENCES one segment per document."""
+        docs = [np.asarray(ids, dtype=np.int32) for ids in tokenize_documents(batch, self.tokenizer)["ids"] if ids]
+        if self.packing == "doc_sentences":
+            return [(doc, True) for doc in docs]
+        pieces = []
+        for doc in docs:
+            if pieces or not first:
+                pieces.append(np.array([self.eos], dtype=np.int32))
+            pieces.append(doc)
+        return [(np.concatenate(pieces), False)] if pieces else []
+
+    def __iter__(self):
+        docs = self.stream()
+        resume, self._resume = self._resume, None
+        origin = {"epoch": self.epoch, "source": docs.state_dict(), "first": True, "skip": 0}
+        if resume is not None and resume.get("source") is not None and resume.get("epoch") == self.epoch:
+            docs.load_state_dict(resume["source"])
+            origin = resume
+        skip = origin["skip"]
+        carry = np.zeros(0, dtype=np.int32)
+        batch_state, first = origin["source"], origin["first"]
+        for batch in docs.iter(batch_size=DOCUMENT_BATCH):
+            segments = self.segments(batch, first)
+            cut = 0
+            while skip and segments:  # resuming: drop what was already emitted
+                tokens, boundary = segments[0]
+                n = min(skip, len(tokens))
+                skip, cut = skip - n, cut + n
+                segments[0] = (tokens[n:], boundary)
+                if not len(segments[0][0]):
+                    segments.pop(0)
+            if not len(carry):  # the next block starts in this batch: it is the resume point
+                origin = {"epoch": self.epoch, "source": batch_state, "first": first, "skip": cut}
+            for tokens, boundary in segments:
+                carry = np.concatenate((carry, tokens))
+                while len(carry) >= self.size or (boundary and len(carry)):
+                    block, carry = carry[: self.size], carry[self.size:]
+                    origin = dict(origin, skip=origin["skip"] + len(block))
+                    self._state = origin
+                    yield self._example(block)
+            batch_state, first = docs.state_dict(), False
+        if len(carry) and not self.drop_last_block:
+            self._state = dict(origin, skip=origin["skip"] + len(carry))
+            yield self._example(carry)
+
+    def _example(self, chunk: np.ndarray) -> dict:
+        block = np.concatenate(([self.bos], chunk, [self.eos])).astype(np.int64)
+        return {"input_ids": block.tolist(), "example_index": block_hash(block)}
+
+
+def streaming_dataloader(datamodule, dataset: StreamingBlocks):
+    """torchdata's StatefulDataLoader over `dataset` (Lightning checkpoints its state), this rank's shard and epoch."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    trainer = datamodule.trainer
+    if trainer is not None:
+        dataset.set_rank(trainer.global_rank, trainer.world_size)
+
+    class EpochLoader(StatefulDataLoader):
+        """Sets the dataset's epoch to the trainer's before each pass (an IterableDataset has no sampler to set)."""
+
+        def __iter__(self):
+            if trainer is not None:
+                dataset.set_epoch(trainer.current_epoch)
+            return super().__iter__()
+
+    return EpochLoader(dataset, batch_size=datamodule.batch_size, collate_fn=datamodule.collator,
+                       num_workers=datamodule.num_workers, persistent_workers=False)
