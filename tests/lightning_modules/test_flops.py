@@ -124,7 +124,8 @@ def test_task_distillation_steps_match_flop_counter(bert_teachers):
                                                                                                               "train")
     assert measure_flops(glue, lambda: glue(batch)) == glue.batch_flops(batch, "validate")  # the student only
     qa = QADistillationModule(teacher=str(bert_teachers["qa"]))
-    batch = task_batch(tok, {"start_positions": torch.tensor([1, 2, 0, 3]), "end_positions": torch.tensor([2, 4, 0, 3])})
+    batch = task_batch(tok, {"start_positions": torch.tensor([1, 2, 0, 3]),
+                             "end_positions": torch.tensor([2, 4, 0, 3])})
     assert type(qa.model).__name__ == "DistilBertForQuestionAnswering"
     assert measure_flops(qa, lambda: qa.training_step(batch, 0), loss_fn=lambda x: x) == qa.batch_flops(batch, "train")
     assert measure_flops(qa, lambda: qa(batch).start_logits) == qa.batch_flops(batch, "test")
