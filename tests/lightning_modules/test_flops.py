@@ -189,7 +189,7 @@ def test_throughput_monitor_reads_the_flops_of_each_batch(tmp_path, bpe_tokenize
     assert mfu[-1] == pytest.approx(flops_per_sec[-1] / 10**12)
 
 
-@pytest.mark.parametrize("config", ["mlm/roberta_small.yaml", "mlm/roberta_base.yaml",
+@pytest.mark.parametrize("config", ["mlm/roberta_small.yaml", "mlm/roberta_base.yaml", "mlm/roberta_large_fsdp.yaml",
                                     "distill/roberta_general.yaml", "distill/glue.yaml", "distill/squad.yaml"])
 def test_pretraining_and_distillation_configs_monitor_throughput(config):
     import yaml
