@@ -20,6 +20,7 @@ Padding is assumed on the right (dynamic padding), so a token's position does no
 """
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import torch
@@ -56,20 +57,83 @@ def hash_keys(seed: int, epoch: int, stream: int, example_index: torch.Tensor, l
     return mix32(h ^ positions)  # [B, L]
 
 
+def _component_json(backend, name: str) -> dict | None:
+    """The JSON description of `backend.<name>` (pre_tokenizer / normalizer / model), None if unset.
+
+    Each component pickles to its own JSON (`__getstate__`), which avoids serialising a large vocabulary; the whole
+    tokenizer JSON (`to_str()`) is the fallback."""
+    component = getattr(backend, name, None)
+    if component is None:
+        return None
+    try:
+        return json.loads(component.__getstate__())
+    except Exception:  # noqa: BLE001 - any failure: read it from the full serialisation instead
+        return json.loads(backend.to_str()).get(name)
+
+
+def _flatten(spec: dict | None, list_key: str) -> list[dict]:
+    """The leaves of a (possibly nested) `Sequence` pre-tokenizer / normalizer description."""
+    if not spec:
+        return []
+    if spec.get("type") == "Sequence":
+        return [leaf for child in spec.get(list_key, []) for leaf in _flatten(child, list_key)]
+    return [spec]
+
+
+def word_start_rule(tokenizer) -> tuple[str, str]:
+    """How the tokenizer marks words, decided from its backend (the `tokenizers` model and pre-tokenizer), never
+    from the vocabulary: ("continuation", prefix) when continuation pieces carry a prefix (WordPiece '##'), or
+    ("start", marker) when word-initial pieces carry a marker (byte-level BPE 'Ġ', SentencePiece-style Metaspace '▁').
+
+    Looking at the vocabulary instead is wrong: a byte-level BPE trained on web or markdown text learns tokens such as
+    '##' and '###', which would make every token without '##' a word start (whole-word masking silently becoming
+    per-token masking). Raises ValueError for a tokenizer whose kind it cannot tell."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    name = type(tokenizer).__name__
+    if backend is None:
+        raise ValueError(f"whole_word_mask needs a fast tokenizer (with a `tokenizers` backend); {name} has none")
+    model = backend.model
+    kind = type(model).__name__  # WordPiece, BPE, Unigram, WordLevel
+    pre = _flatten(_component_json(backend, "pre_tokenizer"), "pretokenizers")
+    norm = _flatten(_component_json(backend, "normalizer"), "normalizers")
+    byte_level = any(p.get("type") == "ByteLevel" for p in pre)
+    metaspace = [p.get("replacement", "▁") for p in pre if p.get("type") == "Metaspace"]
+    # Llama/T5-style tokenizers without a Metaspace pre-tokenizer: the normalizer replaces ' ' by '▁' (and prepends it).
+    metaspace += [n.get("content") for n in norm if n.get("type") == "Replace"
+                  and (n.get("pattern") or {}).get("String") == " " and n.get("content")]
+    prefix = getattr(model, "continuing_subword_prefix", None)
+    if kind == "WordPiece":
+        return "continuation", prefix or "##"
+    if kind == "BPE" and byte_level:
+        return "start", "Ġ"  # byte-level BPE (GPT-2/RoBERTa): a leading space is the byte 'Ġ'
+    if kind in ("BPE", "Unigram") and metaspace:
+        return "start", metaspace[0]
+    if kind == "BPE" and prefix:
+        return "continuation", prefix  # a BPE trained with continuing_subword_prefix (e.g. '##')
+    raise ValueError(
+        f"whole_word_mask: cannot tell word starts for {name} (model {kind}, pre-tokenizers "
+        f"{[p.get('type') for p in pre] or None}, normalizers {[n.get('type') for n in norm] or None}); supported: "
+        "WordPiece ('##' continuations), byte-level BPE ('Ġ' word starts), BPE/Unigram with a Metaspace pre-tokenizer "
+        "or a ' '->'▁' normalizer ('▁' word starts), BPE with a continuing_subword_prefix"
+    )
+
+
 def word_start_table(tokenizer) -> torch.Tensor:
-    """Bool [len(tokenizer)]: does this token start a word? Byte-level BPE: 'Ġ' prefix; WordPiece: no '##' prefix;
-    SentencePiece: '▁' prefix. (A token right after a special token or at position 0 also starts a word.)"""
+    """Bool [len(tokenizer)]: does this token start a word? The rule comes from the tokenizer's kind
+    (`word_start_rule`): WordPiece: no '##' prefix; byte-level BPE: 'Ġ' prefix; Metaspace BPE/Unigram: '▁' prefix.
+    Added (non-special) tokens count as word starts: they are split out before the model, as whole units.
+    (A token right after a special token or at position 0 also starts a word: the masker handles that.)"""
+    how, affix = word_start_rule(tokenizer)
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     tokens = ["" if t is None else t for t in tokens]
-    if any(t.startswith("##") for t in tokens):
-        return torch.tensor([not t.startswith("##") for t in tokens])
-    for marker in ("Ġ", "▁"):
-        if any(t.startswith(marker) for t in tokens):
-            return torch.tensor([t.startswith(marker) for t in tokens])
-    raise ValueError(
-        f"whole_word_mask: cannot tell word starts in the vocabulary of {type(tokenizer).__name__} "
-        "(expected WordPiece '##' continuations, byte-level BPE 'Ġ' or SentencePiece '▁' word starts)"
-    )
+    if how == "continuation":
+        starts = [not t.startswith(affix) for t in tokens]
+    else:
+        starts = [t.startswith(affix) for t in tokens]
+    for token_id in tokenizer.get_added_vocab().values():
+        if 0 <= token_id < len(starts):
+            starts[token_id] = True
+    return torch.tensor(starts, dtype=torch.bool)
 
 
 class MLMMasker:

@@ -25,6 +25,8 @@ from transformers import AutoModelForMaskedLM
 
 from lightning_modules.distill_losses import cosine_hidden_loss, masked_lm_loss, soft_cross_entropy
 from lightning_modules.mlm import MaskedLMModule, batch_size
+from lightning_modules.throughput import FlopsPerBatchMixin
+from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, split_masked_lm
 from models.pretrained import load_pretrained
 from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
@@ -58,7 +60,7 @@ def resolve_cos_pairs(cos_layers: str | Sequence[Sequence[int]], layer_map: list
     return pairs
 
 
-class DistillationMixin:
+class DistillationMixin(FlopsPerBatchMixin):
     """Teacher handling and loss weights shared by the distillation modules. List it FIRST among the bases.
 
     The subclass's constructor calls its parent's (which loads the teacher as `self.model`), then `init_distillation`.
@@ -149,6 +151,28 @@ class DistillationMixin:
         terms = self.distillation_terms(batch)
         self.log_terms("train", terms, batch_size(batch))
         return terms["total"]
+
+    # ---- FLOPs per batch (ThroughputMonitor: flops/s and MFU; see lightning_modules/throughput.py) ------------
+    def distillation_head_positions(self, batch: dict) -> int | None:
+        """Positions where `distillation_terms` runs the MLM heads (None: the model's own head, task modules)."""
+        return None
+
+    def distillation_flops(self, batch: dict) -> int:
+        """Forward FLOPs of `distillation_terms`: the student's forward plus the frozen teacher's (both [B, L])."""
+        batch_size_, seq_len = batch["input_ids"].shape
+        positions = self.distillation_head_positions(batch)
+        return (forward_flops(self.model, batch_size_, seq_len, positions)
+                + forward_flops(self.teacher, batch_size_, seq_len, positions))
+
+    def batch_flops(self, batch: dict, stage: str) -> int:
+        """Training: the student's forward and backward (3x its forward) plus the teacher's forward (1x, no backward).
+        Evaluation (the parent module's, on the student): the student's forward."""
+        batch_size_, seq_len = batch["input_ids"].shape
+        positions = self.distillation_head_positions(batch)
+        student = forward_flops(self.model, batch_size_, seq_len, positions)
+        if stage == "train":
+            return TRAINING_FACTOR * student + forward_flops(self.teacher, batch_size_, seq_len, positions)
+        return student
 
     def model_card_info(self) -> dict[str, Any]:
         """The parent module's model card, with the student's teacher, layer map and distillation recipe merged in."""
@@ -242,6 +266,20 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)  # the student's MLM loss, perplexity and accuracy
         self.log_terms("val_distill", self.distillation_terms(batch), batch_size(batch))
+
+    # ---- FLOPs per batch ---------------------------------------------------------------------------------------
+    def distillation_head_positions(self, batch: dict) -> int:
+        """The KL term's positions: every non-padded one (kl_positions "all") or the masked ones."""
+        if self.hparams.kl_positions == "all":
+            return int(batch["attention_mask"].sum())
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
+    def batch_flops(self, batch: dict, stage: str) -> int:
+        """Training: as every distillation module. Validation: the student's own MLM evaluation (MaskedLMModule's
+        sparse or dense head) plus `distillation_terms` (student and teacher forwards)."""
+        if stage == "train":
+            return super().batch_flops(batch, stage)
+        return MaskedLMModule.batch_flops(self, batch, stage) + self.distillation_flops(batch)
 
     def model_card_info(self) -> dict[str, Any]:
         return {**super().model_card_info(), "task": "masked language modelling (distilled)"}

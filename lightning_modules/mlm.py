@@ -26,6 +26,8 @@ from torchmetrics.text import Perplexity
 
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
+from lightning_modules.throughput import FlopsPerBatchMixin
+from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, build_masked_lm, sparse_mlm_logits
 
 
@@ -39,7 +41,12 @@ def non_pad_tokens(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
 
-class MaskedLMModule(HFCheckpointMixin, pl.LightningModule):
+def masked_tokens(batch: dict) -> int:
+    """Positions with an MLM target in a batch (labels != -100): where the sparse head runs."""
+    return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
     """Pretrain a masked LM (`self.model`, a Hugging Face `*ForMaskedLM`) with the MLM objective only.
 
     Args:
@@ -89,7 +96,6 @@ class MaskedLMModule(HFCheckpointMixin, pl.LightningModule):
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self.val_accuracy = MulticlassAccuracy(num_classes=self.model.config.vocab_size, average="micro",
                                                ignore_index=IGNORE_INDEX)
-        self.flops_per_batch = None  # ThroughputMonitor asks for it; tokens/s is what we report
         self.final_metrics: dict[str, float] = {}
 
     # ---- checks that need the DataModule ---------------------------------------------------------------------------
@@ -153,6 +159,15 @@ class MaskedLMModule(HFCheckpointMixin, pl.LightningModule):
                    "val/accuracy": self.val_accuracy.compute()}
         self.log_dict(metrics, prog_bar=True)
         self.final_metrics = {k.replace("/", "_"): float(v) for k, v in metrics.items()}
+
+    # ---- FLOPs per batch (ThroughputMonitor: flops/s and MFU; see lightning_modules/throughput.py) ------------
+    def batch_flops(self, batch: dict, stage: str) -> int:
+        """Model FLOPs of one step on this batch: the encoder on [B, L], the LM head on the masked positions (sparse
+        prediction) or on all of them; training 3x the forward, evaluation 1x (see models/flops.py)."""
+        batch_size_, seq_len = batch["input_ids"].shape
+        head_positions = masked_tokens(batch) if self.hparams.sparse_prediction else None
+        flops = forward_flops(self.model, batch_size_, seq_len, head_positions)
+        return TRAINING_FACTOR * flops if stage == "train" else flops
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from datamodules.masking import IGNORE_INDEX, MLMMasker, hash_keys, mix32, word_start_table
+from datamodules.masking import IGNORE_INDEX, MLMMasker, hash_keys, mix32, word_start_rule, word_start_table
 from tests import fixtures
 
 
@@ -15,6 +15,40 @@ def bpe(bpe_tokenizer_dir):
 @pytest.fixture(scope="module")
 def wordpiece(wordpiece_tokenizer_dir):
     return AutoTokenizer.from_pretrained(wordpiece_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def markdown_bpe(tmp_path_factory, data_dir):
+    """A byte-level BPE trained on the fixture corpus plus markdown headings: '##' and '###' are in its vocabulary."""
+    from datamodules.tokenizer import train_byte_level_bpe
+
+    corpus = tmp_path_factory.mktemp("markdown") / "train.txt"
+    text = (data_dir / "wikitext-2" / "train.txt").read_text(encoding="utf-8")
+    corpus.write_text(text + "".join(f"## heading {i}\n### section {i}\n" for i in range(20)), encoding="utf-8")
+    return train_byte_level_bpe([corpus], corpus.parent / "tokenizer", vocab_size=400, min_frequency=1)
+
+
+@pytest.fixture(scope="module")
+def unigram(tmp_path_factory, data_dir):
+    """A SentencePiece-style Unigram (Metaspace '▁' pre-tokenizer) trained offline on the fixture corpus."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    sp = SentencePieceUnigramTokenizer()
+    lines = (data_dir / "wikitext-2" / "train.txt").read_text(encoding="utf-8").splitlines()
+    sp.train_from_iterator([line for line in lines if line.strip()], vocab_size=150,
+                           special_tokens=["<pad>", "<unk>", "<s>", "</s>", "<mask>"], unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>", mask_token="<mask>")
+
+
+# The word-start rule of each test tokenizer written out by hand (independent of word_start_table).
+REFERENCE_STARTS = {
+    "bpe": lambda t: t.startswith("Ġ"),
+    "markdown_bpe": lambda t: t.startswith("Ġ"),
+    "wordpiece": lambda t: not t.startswith("##"),
+    "unigram": lambda t: t.startswith("▁"),
+}
 
 
 def fixture_batch(tokenizer, n=64, seed=0, max_length=96):
@@ -92,10 +126,10 @@ def test_static_masking_repeats_with_period_k(bpe):
     assert torch.equal(single(input_ids, attention_mask, index, 0)[1], single(input_ids, attention_mask, index, 5)[1])
 
 
-def words_of(tokenizer, input_ids, attention_mask):
+def words_of(tokenizer, input_ids, attention_mask, is_start):
     """Word id per candidate token (-1 elsewhere), rebuilt with a plain loop as the reference: a new word starts at
-    each word-start token of the vocabulary and after any special token or padding."""
-    starts = word_start_table(tokenizer)
+    each token for which `is_start(token string)` holds and after any special token or padding."""
+    starts = [is_start(t or "") for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
     special = set(tokenizer.all_special_ids)
     word = torch.full_like(input_ids, -1)
     for b in range(input_ids.shape[0]):
@@ -111,17 +145,18 @@ def words_of(tokenizer, input_ids, attention_mask):
     return word
 
 
-@pytest.mark.parametrize("tokenizer_name", ["bpe", "wordpiece"])
+@pytest.mark.parametrize("tokenizer_name", ["bpe", "wordpiece", "unigram", "markdown_bpe"])
 def test_whole_word_masking_masks_words_together(tokenizer_name, request):
     tokenizer = request.getfixturevalue(tokenizer_name)
-    # Words the tiny vocabularies must split into several pieces, mixed with known words.
-    texts = [" the zorblaxian riverwalk was released in westernmost city . " * 3, " played excellentness games ."]
+    # Words the tiny vocabularies must split into several pieces, mixed with known words (and markdown headings).
+    texts = [" the zorblaxian riverwalk was released in westernmost city . " * 3, " played excellentness games .",
+             "## heading the zorblaxian riverwalk\n### section westernmost city ## heading ### section"]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     input_ids, attention_mask = enc["input_ids"].repeat(64, 1), enc["attention_mask"].repeat(64, 1)
     masker = MLMMasker(tokenizer, seed=0, whole_word_mask=True)
     _, labels = masker(input_ids, attention_mask, torch.arange(len(input_ids)), epoch=0)
     selected = labels != IGNORE_INDEX
-    word = words_of(tokenizer, input_ids, attention_mask)
+    word = words_of(tokenizer, input_ids, attention_mask, REFERENCE_STARTS[tokenizer_name])
     multi_piece_selected = 0
     for b in range(len(input_ids)):
         for w in word[b].unique().tolist():
@@ -133,6 +168,63 @@ def test_whole_word_masking_masks_words_together(tokenizer_name, request):
     assert multi_piece_selected > 10, "the test needs multi-piece words to be selected"
     rate = selected.sum() / (word >= 0).sum()
     assert 0.10 < rate < 0.20
+
+
+def test_word_start_rule_comes_from_the_tokenizer_kind_not_the_vocabulary(bpe, wordpiece, unigram, markdown_bpe):
+    vocab = markdown_bpe.get_vocab()
+    assert "##" in vocab and "###" in vocab, "the markdown BPE must have learnt '##' and '###'"
+    # Its continuation pieces (no 'Ġ') are not word starts, whatever '##' tokens the vocabulary holds.
+    assert word_start_rule(markdown_bpe) == ("start", "Ġ") == word_start_rule(bpe)
+    starts = word_start_table(markdown_bpe)
+    assert not starts[vocab["##"]] and not starts[vocab["###"]]
+    assert starts[vocab["Ġheading"]] and not starts[vocab["eading"]]
+    tokens = markdown_bpe.convert_ids_to_tokens(list(range(len(markdown_bpe))))
+    special = set(markdown_bpe.all_special_ids)
+    assert [bool(s) for i, s in enumerate(starts.tolist()) if i not in special] == \
+        [t.startswith("Ġ") for i, t in enumerate(tokens) if i not in special]
+    assert word_start_rule(wordpiece) == ("continuation", "##")
+    wp_vocab = wordpiece.get_vocab()
+    assert word_start_table(wordpiece)[wp_vocab["the"]] and not word_start_table(wordpiece)[wp_vocab["##a"]]
+    assert word_start_rule(unigram) == ("start", "▁")
+
+
+def _wrap(backend):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", mask_token="<mask>")
+
+
+def test_word_start_rule_other_backends_and_unknown_kinds():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<mask>": 1, "▁a": 2, "b": 3, "a": 4, "##b": 5}
+    # Llama-style: no pre-tokenizer, the normalizer turns spaces into '▁'.
+    llama = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    llama.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    assert word_start_rule(_wrap(llama)) == ("start", "▁")
+    # Metaspace nested inside a pre-tokenizer Sequence, with a custom replacement character.
+    nested = Tokenizer(models.Unigram([("<unk>", 0.0), ("<mask>", 0.0), ("_a", -1.0), ("b", -2.0)], unk_id=0))
+    nested.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                    pre_tokenizers.Metaspace(replacement="_")])
+    assert word_start_rule(_wrap(nested)) == ("start", "_")
+    # ByteLevel inside a Sequence (GPT-4/Llama-3 style: Split regex then ByteLevel without its own regex).
+    gpt = Tokenizer(models.BPE({"<unk>": 0, "<mask>": 1, "Ġa": 2, "b": 3}, [], unk_token="<unk>"))
+    gpt.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(r"\s+", "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    assert word_start_rule(_wrap(gpt)) == ("start", "Ġ")
+    # A BPE trained with a continuation prefix marks continuations, as WordPiece does.
+    prefixed = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", continuing_subword_prefix="##"))
+    prefixed.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert word_start_rule(_wrap(prefixed)) == ("continuation", "##")
+    # Kinds it cannot tell: a word-level model; a BPE with neither markers nor prefix.
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    plain_bpe = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    plain_bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    for backend in (word_level, plain_bpe):
+        with pytest.raises(ValueError, match="cannot tell word starts"):
+            MLMMasker(_wrap(backend), whole_word_mask=True)
+        MLMMasker(_wrap(backend))  # without whole-word masking any tokenizer with a mask token is fine
 
 
 def test_smoothing_favours_rare_tokens(bpe):

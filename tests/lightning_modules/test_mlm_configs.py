@@ -1,4 +1,5 @@
-"""configs/mlm/*.yaml through train.py: they print, run one batch on the fixtures, switch every recipe option, resume."""
+"""configs/mlm/*.yaml through train.py: they print, run one batch on the fixtures, switch every recipe option, resume;
+the FSDP config (GPU-only) parses and builds its strategy and a tiny model its wrap policy applies to."""
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def fixture_args(tmp_path, monkeypatch, data_dir, bpe_tokenizer_dir):
             "--trainer.enable_progress_bar", "false"]
 
 
-@pytest.mark.parametrize("name", ["roberta_small", "roberta_base"])
+@pytest.mark.parametrize("name", ["roberta_small", "roberta_base", "roberta_large_fsdp"])
 def test_config_prints(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(args=["fit", "--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
@@ -76,3 +77,55 @@ def test_checkpoint_file_reloads_through_the_cli_and_load_from_checkpoint(fixtur
     assert MaskedLMModule.load_from_checkpoint(last).hparams.hidden_size == 32
     validated = train.main(args=["validate", *args, "--ckpt_path", str(last), "--trainer.limit_val_batches", "1"])
     assert validated.model.final_metrics["val_loss"] > 0
+
+
+class _ArgumentsOnlyCLI(train.LitBertCLI):
+    """train.py's CLI that instantiates model, data, callbacks and the strategy, but stops short of the Trainer
+    (FSDPStrategy refuses a CPU accelerator): `cli.trainer` is the dict of instantiated Trainer arguments."""
+
+    def instantiate_trainer(self, **kwargs):
+        return {**self._get(self.config_init, "trainer", default={}), **kwargs}
+
+
+def test_roberta_large_fsdp_config_prints_the_large_recipe(capsys):
+    import yaml
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args=["fit", "--config", str(CONFIGS / "roberta_large_fsdp.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model, trainer = printed["model"]["init_args"], printed["trainer"]
+    assert (model["num_hidden_layers"], model["hidden_size"], model["num_attention_heads"],
+            model["intermediate_size"], model["lr"]) == (24, 1024, 16, 4096, 4e-4)
+    assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.FSDPStrategy"
+    assert trainer["strategy"]["init_args"]["auto_wrap_policy"] == [
+        "transformers.models.roberta.modeling_roberta.RobertaLayer"]
+    effective = (printed["data"]["init_args"]["batch_size"] * trainer["devices"] * trainer["num_nodes"]
+                 * trainer["accumulate_grad_batches"])
+    assert effective == 8192  # RoBERTa's 8k sequences per optimiser step
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_roberta_large_fsdp_strategy_and_wrap_policy_build(checkpointing, fixture_args):
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.roberta.modeling_roberta import RobertaLayer
+
+    layer = "transformers.models.roberta.modeling_roberta.RobertaLayer"
+    extra = ["--trainer.strategy.init_args.activation_checkpointing_policy", f"[{layer}]"] if checkpointing else []
+    cli = _ArgumentsOnlyCLI(model_class=None, datamodule_class=None, subclass_mode_model=True,
+                            subclass_mode_data=True, run=False,
+                            args=["--config", str(CONFIGS / "roberta_large_fsdp.yaml"), *fixture_args, *extra])
+    strategy = cli.trainer["strategy"]
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy) and set(policy._module_classes) == {RobertaLayer}
+    # The policy's classes are the layers of the model this config builds (here at the fixtures' tiny size).
+    model = cli.model.model
+    wrapped = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
+    assert len(wrapped) == model.config.num_hidden_layers == 2 and all(isinstance(m, RobertaLayer) for m in wrapped)
+    if checkpointing:
+        checkpoint_policy = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
+        assert set(checkpoint_policy._module_classes) == {RobertaLayer}
+    else:
+        assert not strategy._activation_checkpointing_kwargs
