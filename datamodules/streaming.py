@@ -11,7 +11,8 @@ tokenized in batches and packed on the fly (FULL-SENTENCES with a carry-over, or
   (seed, epoch, block content), whatever the number of ranks and workers.
 - Resume: the DataLoader is torchdata's `StatefulDataLoader`, which Lightning saves in the checkpoint. Each worker's
   state is the source position (`datasets` `IterableDataset.state_dict()`) at the batch of documents where the next
-  block starts, plus the number of that batch's stream tokens already emitted: `--ckpt_path` continues with the
+  block starts, plus the number of that batch's stream tokens already emitted; the loader reports the state after
+  the batches the training steps consumed (not the one Lightning prefetched), so `--ckpt_path` continues with the
   block after the last one trained on. With `shuffle_buffer > 0` the documents in the shuffle buffer at the time of
   the checkpoint are not restored (a `datasets` limitation), so exact resume needs `shuffle_buffer: 0`.
 - Epochs: the shard order and the shuffle buffer are seeded with (seed, epoch); an epoch ends when the stream does.
@@ -132,21 +133,41 @@ class StreamingBlocks(IterableDataset):
         return {"input_ids": block.tolist(), "example_index": block_hash(block)}
 
 
+LIGHTNING_PREFETCH = 1  # batches Lightning's training fetcher holds ahead of the step (to know the last batch)
+
+
 def streaming_dataloader(datamodule, dataset: StreamingBlocks):
     """torchdata's StatefulDataLoader over `dataset` (Lightning checkpoints its state), this rank's shard and epoch."""
+    from collections import deque
+
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     trainer = datamodule.trainer
     if trainer is not None:
         dataset.set_rank(trainer.global_rank, trainer.world_size)
 
-    class EpochLoader(StatefulDataLoader):
-        """Sets the dataset's epoch to the trainer's before each pass (an IterableDataset has no sampler to set)."""
+    class TrainerLoader(StatefulDataLoader):
+        """Sets the dataset's epoch to the trainer's before each pass (an IterableDataset has no sampler to set),
+        and reports the state after the batches the training steps have consumed: when Lightning saves a checkpoint
+        its fetcher already holds the next batch, whose state StatefulDataLoader would report (and a resumed run
+        would then skip that batch)."""
 
         def __iter__(self):
             if trainer is not None:
                 dataset.set_epoch(trainer.current_epoch)
-            return super().__iter__()
+            iterator = super().__iter__()
+            self._consumed = deque([super().state_dict()], maxlen=LIGHTNING_PREFETCH + 1)
+            return self._track(iterator)
 
-    return EpochLoader(dataset, batch_size=datamodule.batch_size, collate_fn=datamodule.collator,
-                       num_workers=datamodule.num_workers, persistent_workers=False)
+        def _track(self, iterator):
+            for batch in iterator:
+                self._consumed.append(super().state_dict())
+                yield batch
+            self._consumed.append(super().state_dict())  # exhausted: every batch handed out gets consumed
+
+        def state_dict(self):
+            consumed = getattr(self, "_consumed", None)
+            return consumed[0] if consumed else super().state_dict()
+
+    return TrainerLoader(dataset, batch_size=datamodule.batch_size, collate_fn=datamodule.collator,
+                         num_workers=datamodule.num_workers, persistent_workers=False)

@@ -191,23 +191,26 @@ def test_streaming_gives_the_cached_blocks(text_dm, packing):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_streaming_resumes_after_the_last_block(text_dm, num_workers):
-    """The loader's state (what Lightning checkpoints) restarts exactly after the last batch handed out."""
+    """The loader's state (what Lightning checkpoints) restarts after the last batch a training step consumed: the
+    batches handed out minus the one Lightning's fetcher holds ahead."""
     import torch
+
+    from datamodules.streaming import LIGHTNING_PREFETCH
 
     dm = text_dm(streaming=True, shuffle_buffer=0, num_workers=num_workers,
                  train_files=["wikitext-2/train.txt", "wikitext-2/valid.txt"])
     dm.setup("fit")
+    everything = [b["input_ids"] for b in dm.train_dataloader()]
     loader = dm.train_dataloader()
     iterator = iter(loader)
     for _ in range(7):
         next(iterator)
-    state = loader.state_dict()
-    rest = [b["input_ids"] for b in iterator]
     resumed = dm.train_dataloader()
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(loader.state_dict())
     again = [b["input_ids"] for b in resumed]
-    assert len(rest) > 3 and len(again) == len(rest)
-    assert all(torch.equal(a, b) for a, b in zip(rest, again))
+    expected = everything[7 - LIGHTNING_PREFETCH:]
+    assert len(expected) > 3 and len(again) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(again, expected))
 
 
 def test_streaming_shards_across_ranks(text_dm, data_dir):
@@ -237,3 +240,40 @@ def test_streaming_shuffles_per_epoch(text_dm):
     assert epochs[0] == epochs[1] != epochs[2] and sorted(epochs[0]) == sorted(epochs[2])
     with pytest.raises(ValueError, match="mlm_smoothing needs the token counts"):
         text_dm(streaming=True, mlm_smoothing=0.7)
+
+
+def test_streaming_resumes_through_a_lightning_checkpoint(text_dm, tiny_roberta_dir, tmp_path):
+    """Lightning stores the StatefulDataLoader's state in the checkpoint: a run resumed with `ckpt_path` trains on
+    the same blocks, in the same order, as the run that was never stopped."""
+    import lightning.pytorch as pl
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch["example_index"].tolist())
+            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              labels=batch["labels"]).loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def fit(max_steps, ckpt_path=None):
+        dm = text_dm(tokenizer=str(tiny_roberta_dir), streaming=True, shuffle_buffer=0, max_seq_length=64,
+                     train_files=["wikitext-2/train.txt", "wikitext-2/valid.txt"])
+        module = Recorder()
+        checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+        pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, callbacks=[checkpoints],
+                   enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(
+            module, dm, ckpt_path=ckpt_path)
+        return module.seen
+
+    straight = fit(5)
+    fit(2)
+    resumed = fit(5, ckpt_path=str(next((tmp_path / "ckpt").glob("*step=2.ckpt"))))
+    assert len(straight) == 5 and resumed == straight[2:]

@@ -31,11 +31,32 @@ def test_config_prints(name, capsys):
     assert "lightning_modules.mlm.MaskedLMModule" in printed and "datamodules.text.TextCorpusDataModule" in printed
 
 
+@pytest.fixture
+def hub_corpus_dir(tmp_path, data_dir):
+    """A local dataset folder that `datasets.load_dataset(folder, "sample-10BT")` reads as the hub's FineWeb-Edu."""
+    import json
+
+    from datamodules.corpus import iter_file_documents
+
+    folder = tmp_path / "fineweb-edu"
+    folder.mkdir()
+    docs = list(iter_file_documents(data_dir / "wikitext-2" / "train.txt"))
+    for i in range(2):  # two shards
+        (folder / f"part{i}.jsonl").write_text("".join(json.dumps({"text": d, "id": n}) + "\n"
+                                                        for n, d in enumerate(docs[i::2])))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: sample-10BT\n  data_files:\n"
+                                      "  - split: train\n    path: part*.jsonl\n---\n")
+    return folder
+
+
 @pytest.mark.parametrize("name", ["roberta_small", "roberta_base"])
-def test_config_runs_one_batch(name, fixture_args):
+def test_config_runs_one_batch(name, fixture_args, hub_corpus_dir):
+    # roberta_base streams a hub corpus by name: here the same load_dataset call reads a local dataset folder
+    hub = ["--data.init_args.dataset_name", str(hub_corpus_dir)] if name == "roberta_base" else []
     cli = train.main(args=["fit", "--config", str(CONFIGS / f"{name}.yaml"), "--trainer.fast_dev_run", "true",
-                           *fixture_args])
+                           *fixture_args, *hub])
     module = cli.model
+    assert cli.datamodule.streaming == (name == "roberta_base")
     assert module.model.config.vocab_size == cli.datamodule.vocab_size  # linked from the DataModule
     assert module.model.config.max_position_embeddings == 64 + 2
     assert cli.trainer.global_step == 1
