@@ -15,7 +15,10 @@ tokenized in batches and packed on the fly (FULL-SENTENCES with a carry-over, or
   the batches the training steps consumed (not the one Lightning prefetched), so `--ckpt_path` continues with the
   block after the last one trained on. With `shuffle_buffer > 0` the documents in the shuffle buffer at the time of
   the checkpoint are not restored (a `datasets` limitation), so exact resume needs `shuffle_buffer: 0`.
-- Epochs: the shard order and the shuffle buffer are seeded with (seed, epoch); an epoch ends when the stream does.
+- Epochs: the training loader never ends (train for `max_steps`): when a reader's stream ends it starts its next
+  pass, with the shard order and shuffle buffer seeded by (seed, pass), and each block carries its pass number, the
+  epoch its masks use. Ranks whose shares differ in length therefore never disagree about the end of an epoch (a
+  DDP run would hang at the first rank's epoch end otherwise), and Lightning's own epoch counter stays at 0.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ def block_hash(block: np.ndarray) -> int:
 
 
 class StreamingBlocks(IterableDataset):
-    """Packed blocks of a streamed corpus: dicts of `input_ids` (int list) and `example_index` (a content hash)."""
+    """Packed blocks of a streamed corpus: dicts of `input_ids` (int list), `example_index` (a content hash) and
+    `epoch` (the pass over the stream the block comes from: the epoch its masks use)."""
 
     def __init__(self, datamodule, sources):
         super().__init__()
@@ -50,6 +54,7 @@ class StreamingBlocks(IterableDataset):
         self.bos, self.eos = datamodule.tokenizer.cls_token_id, datamodule.tokenizer.sep_token_id
         self.seed, self.shuffle_buffer = datamodule.seed, datamodule.shuffle_buffer
         self.rank, self.world_size, self.epoch = 0, 1, 0
+        self.cycle = False  # True: start the next pass when the stream ends (the training loader's setting)
         self._state: dict | None = None  # position of the next block (set while iterating)
         self._resume: dict | None = None
 
@@ -59,14 +64,14 @@ class StreamingBlocks(IterableDataset):
     def set_rank(self, rank: int, world_size: int) -> None:
         self.rank, self.world_size = int(rank), int(world_size)
 
-    def stream(self):
+    def stream(self, epoch: int):
         """The documents of this rank and DataLoader worker: stream r * workers + w of ranks * workers."""
         from datasets.distributed import split_dataset_by_node
 
         docs = self.documents_fn(self.sources, None, streaming=True)
         if self.shuffle_buffer > 0:
             docs = docs.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-        docs.set_epoch(self.epoch)
+        docs.set_epoch(epoch)
         worker = torch.utils.data.get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
         if self.world_size * workers > 1:
@@ -95,10 +100,27 @@ class StreamingBlocks(IterableDataset):
         return [(np.concatenate(pieces), False)] if pieces else []
 
     def __iter__(self):
-        docs = self.stream()
+        """One pass over this reader's stream, or (`cycle`) pass after pass with the pass number as the epoch."""
         resume, self._resume = self._resume, None
-        origin = {"epoch": self.epoch, "source": docs.state_dict(), "first": True, "skip": 0}
-        if resume is not None and resume.get("source") is not None and resume.get("epoch") == self.epoch:
+        if resume is None or resume.get("source") is None:
+            resume = None
+        epoch = resume["epoch"] if resume is not None else self.epoch
+        while True:
+            blocks = 0
+            for example in self.one_pass(epoch, resume):
+                blocks += 1
+                yield example
+            if not self.cycle:
+                return
+            if not blocks and resume is None:
+                raise ValueError(f"streaming: rank {self.rank}'s share of {[s.describe() for s in self.sources]} "
+                                 f"holds no block: give at least as many files (shards) as ranks x workers")
+            resume, epoch = None, epoch + 1
+
+    def one_pass(self, epoch: int, resume: dict | None):
+        docs = self.stream(epoch)
+        origin = {"epoch": epoch, "source": docs.state_dict(), "first": True, "skip": 0}
+        if resume is not None:
             docs.load_state_dict(resume["source"])
             origin = resume
         skip = origin["skip"]
@@ -115,22 +137,22 @@ class StreamingBlocks(IterableDataset):
                 if not len(segments[0][0]):
                     segments.pop(0)
             if not len(carry):  # the next block starts in this batch: it is the resume point
-                origin = {"epoch": self.epoch, "source": batch_state, "first": first, "skip": cut}
+                origin = {"epoch": epoch, "source": batch_state, "first": first, "skip": cut}
             for tokens, boundary in segments:
                 carry = np.concatenate((carry, tokens))
                 while len(carry) >= self.size or (boundary and len(carry)):
                     block, carry = carry[: self.size], carry[self.size:]
                     origin = dict(origin, skip=origin["skip"] + len(block))
                     self._state = origin
-                    yield self._example(block)
+                    yield self._example(block, epoch)
             batch_state, first = docs.state_dict(), False
         if len(carry) and not self.drop_last_block:
             self._state = dict(origin, skip=origin["skip"] + len(carry))
-            yield self._example(carry)
+            yield self._example(carry, epoch)
 
-    def _example(self, chunk: np.ndarray) -> dict:
+    def _example(self, chunk: np.ndarray, epoch: int) -> dict:
         block = np.concatenate(([self.bos], chunk, [self.eos])).astype(np.int64)
-        return {"input_ids": block.tolist(), "example_index": block_hash(block)}
+        return {"input_ids": block.tolist(), "example_index": block_hash(block), "epoch": epoch}
 
 
 LIGHTNING_PREFETCH = 1  # batches Lightning's training fetcher holds ahead of the step (to know the last batch)
@@ -145,16 +167,14 @@ def streaming_dataloader(datamodule, dataset: StreamingBlocks):
     trainer = datamodule.trainer
     if trainer is not None:
         dataset.set_rank(trainer.global_rank, trainer.world_size)
+    dataset.cycle = True
 
     class TrainerLoader(StatefulDataLoader):
-        """Sets the dataset's epoch to the trainer's before each pass (an IterableDataset has no sampler to set),
-        and reports the state after the batches the training steps have consumed: when Lightning saves a checkpoint
+        """An endless loader (the stream starts its next pass by itself) that reports the state after the batches the training steps have consumed: when Lightning saves a checkpoint
         its fetcher already holds the next batch, whose state StatefulDataLoader would report (and a resumed run
         would then skip that batch)."""
 
         def __iter__(self):
-            if trainer is not None:
-                dataset.set_epoch(trainer.current_epoch)
             iterator = super().__iter__()
             self._consumed = deque([super().state_dict()], maxlen=LIGHTNING_PREFETCH + 1)
             return self._track(iterator)

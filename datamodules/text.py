@@ -11,13 +11,15 @@ from functools import partial
 from typing import Literal
 
 import numpy as np
+import torch
 
 from datamodules.base import DataFormatError, LitBertDataModule, file_digest, key_digest, resolve_data_file
 from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, full_sentences_starts, generate_documents,
-                                load_hub_documents, owner_starts, pack_doc_sentences, pack_full_sentences, tokenize_batch_size,
-                                tokenize_documents)
+                                load_hub_documents, owner_starts, pack_doc_sentences, pack_full_sentences,
+                                tokenize_batch_size, tokenize_documents)
+from datamodules.masking import IGNORE_INDEX
 
-BATCH_COLUMNS = ["input_ids", "example_index"]
+BATCH_COLUMNS = ["input_ids", "example_index"]  # (+ "epoch" in streamed batches: the pass the block comes from)
 SPLITS = ("train", "val", "test")
 
 
@@ -280,7 +282,17 @@ class TextCorpusDataModule(LitBertDataModule):
         if self.masker is None:
             raise RuntimeError("TextCorpusDataModule.setup() must run before batches are masked")
         trainer = self.trainer
-        epoch = trainer.current_epoch if trainer is not None and trainer.training else 0
-        batch["input_ids"], batch["labels"] = self.masker(batch["input_ids"], batch["attention_mask"],
-                                                          batch["example_index"], epoch)
+        training = trainer is not None and trainer.training
+        passes = batch.pop("epoch", None)  # streamed blocks carry the pass they come from
+        if passes is None or not training:
+            epoch = trainer.current_epoch if training else 0
+            batch["input_ids"], batch["labels"] = self.masker(batch["input_ids"], batch["attention_mask"],
+                                                              batch["example_index"], epoch)
+            return batch
+        input_ids, labels = batch["input_ids"].clone(), torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for epoch in passes.unique().tolist():  # one pass per batch, two where a stream wraps around
+            rows = passes == epoch
+            input_ids[rows], labels[rows] = self.masker(batch["input_ids"][rows], batch["attention_mask"][rows],
+                                                        batch["example_index"][rows], epoch)
+        batch["input_ids"], batch["labels"] = input_ids, labels
         return batch

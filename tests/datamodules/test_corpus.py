@@ -191,26 +191,55 @@ def test_streaming_gives_the_cached_blocks(text_dm, packing):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_streaming_resumes_after_the_last_block(text_dm, num_workers):
-    """The loader's state (what Lightning checkpoints) restarts after the last batch a training step consumed: the
-    batches handed out minus the one Lightning's fetcher holds ahead."""
+    """The training loader never ends (pass after pass, each block tagged with its pass); its state (what Lightning
+    checkpoints) restarts after the last batch a training step consumed: the batches handed out minus the one
+    Lightning's fetcher holds ahead."""
+    import itertools
+
     import torch
 
     from datamodules.streaming import LIGHTNING_PREFETCH
 
-    dm = text_dm(streaming=True, shuffle_buffer=0, num_workers=num_workers,
+    dm = text_dm(streaming=True, shuffle_buffer=0, num_workers=num_workers, batch_size=8,
                  train_files=["wikitext-2/train.txt", "wikitext-2/valid.txt"])
     dm.setup("fit")
-    everything = [b["input_ids"] for b in dm.train_dataloader()]
+    n_blocks = len(list(dm.datasets["train"]))
+    one_pass = -(-n_blocks // 8)
+    everything = list(itertools.islice(dm.train_dataloader(), one_pass + 4))  # into the second pass
+    assert everything[0]["epoch"].tolist() == [0] * 8 and everything[-1]["epoch"].min() >= 1
+    if num_workers == 0:  # the second pass repeats the first (no shuffle buffer); each worker has its own passes
+        assert everything[-1]["epoch"].tolist() == [1] * 8
+        rows = [r for b in everything for r in b["input_ids"]]
+        assert all(torch.equal(rows[i], rows[i + n_blocks]) for i in range(len(rows) - n_blocks))
     loader = dm.train_dataloader()
     iterator = iter(loader)
-    for _ in range(7):
+    for _ in range(one_pass - 2):
         next(iterator)
     resumed = dm.train_dataloader()
     resumed.load_state_dict(loader.state_dict())
-    again = [b["input_ids"] for b in resumed]
-    expected = everything[7 - LIGHTNING_PREFETCH:]
-    assert len(expected) > 3 and len(again) == len(expected)
-    assert all(torch.equal(a, b) for a, b in zip(again, expected))
+    expected = everything[one_pass - 2 - LIGHTNING_PREFETCH:]
+    again = list(itertools.islice(resumed, len(expected)))
+    assert len(expected) > 3
+    for a, b in zip(again, expected):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["epoch"], b["epoch"])
+
+
+def test_streamed_batches_are_masked_with_their_pass(text_dm):
+    from types import SimpleNamespace
+
+    import torch
+
+    dm = text_dm(streaming=True, shuffle_buffer=0, train_files=["wikitext-2/train.txt"], mlm_probability=0.3)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(current_epoch=0, training=True)
+    mixed = dict(batch, epoch=torch.tensor([0, 1, 0, 1]))
+    out = dm.on_after_batch_transfer({k: v.clone() for k, v in mixed.items()}, 0)
+    assert "epoch" not in out
+    for row, epoch in enumerate([0, 1, 0, 1]):
+        _, labels = dm.masker(batch["input_ids"][row:row + 1], batch["attention_mask"][row:row + 1],
+                              batch["example_index"][row:row + 1], epoch)
+        assert torch.equal(out["labels"][row:row + 1], labels)
 
 
 def test_streaming_shards_across_ranks(text_dm, data_dir):
