@@ -1,6 +1,7 @@
 """Streaming MLM blocks: `datasets` streaming (litbert's `streaming: true`) against LitData, measured side by side.
 
-    pip install litdata==0.2.76 --no-deps obstore boto3 tifffile   # optional; not a litbert dependency
+    pip install obstore boto3 tifffile && pip install --no-deps litdata==0.2.76   # optional (its torchvision
+    #   requirement would replace the pinned torch); not a litbert dependency
     DATA_DIR=../shared/data python benchmarks/streaming_readers.py --tokenizer artifacts/tokenizers/wikitext2-bpe
 
 The corpus is WikiText-2 train copied into `--files` files (the shards). Both readers produce 128-token
@@ -72,20 +73,20 @@ def litdata_loader(out_dir, state=None):
     return loader
 
 
-def read_all(make_loader) -> tuple[float, int, dict | None]:
-    """(seconds, batches, the loader's state halfway) for one full pass."""
+def read_all(make_loader, n_batches: int | None) -> tuple[float, int, dict]:
+    """(seconds, batches, the loader's state halfway) for one pass: the LitData loader ends by itself, litbert's
+    training loader never ends (it starts the next pass), so it reads as many batches as LitData's pass had."""
+    import itertools
+
     loader = make_loader(None)
     start = time.perf_counter()
-    n, half_state = 0, None
-    for _ in loader:
-        n += 1
+    n = sum(1 for _ in itertools.islice(loader, n_batches))
     seconds = time.perf_counter() - start
     loader = make_loader(None)
     for i, _ in enumerate(loader):
         if i + 1 == n // 2:
-            half_state = loader.state_dict()
-            break
-    return seconds, n, half_state
+            return seconds, n, loader.state_dict()
+    raise RuntimeError("the loader ended before half its batches")
 
 
 def time_to_first_batch(make_loader, state) -> float:
@@ -111,12 +112,14 @@ def main() -> None:
         litdata_prepare(files, args.tokenizer, out_dir)
         prep = time.perf_counter() - start
         disk = sum(p.stat().st_size for p in Path(out_dir).rglob("*") if p.is_file())
-        readers = {"datasets streaming (litbert)": lambda s: litbert_loader(files, args.tokenizer, s),
-                   "LitData StreamingDataset": lambda s: litdata_loader(out_dir, s)}
+        readers = {"LitData StreamingDataset": lambda s: litdata_loader(out_dir, s),
+                   "datasets streaming (litbert)": lambda s: litbert_loader(files, args.tokenizer, s)}
         best = {name: None for name in readers}
+        n_batches = None
         for _ in range(args.repeat):  # alternate the two
             for name, make in readers.items():
-                seconds, n, half = read_all(make)
+                seconds, n, half = read_all(make, n_batches)
+                n_batches = n
                 resume = time_to_first_batch(make, half)
                 if best[name] is None or seconds < best[name][0]:
                     best[name] = (seconds, n, resume)
