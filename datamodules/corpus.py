@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -220,6 +222,7 @@ def load_hub_documents(name: str, config: str | None, split: str, text_column: s
 
 # ---- tokenize and pack (the functions `Dataset.map` runs, in several processes) --------------------------------
 BATCH_TEXT_BYTES = 4 << 20  # text per map batch: the token lists of one batch are Python objects until written
+CHUNK_BYTES = 256 << 20  # input per `map` call of `map_in_chunks`: the memory-mapped pages one call keeps resident
 
 
 def tokenize_batch_size(documents, sample: int = 1000) -> int:
@@ -229,6 +232,52 @@ def tokenize_batch_size(documents, sample: int = 1000) -> int:
     head = documents.with_format("arrow")[:sample].column("text")
     mean = pc.mean(pc.binary_length(head)).as_py() or 1 if len(head) else 1
     return int(min(1000, max(8, BATCH_TEXT_BYTES // max(1, mean))))
+
+
+def documents_per_chunk(batch_size: int) -> int:
+    """Documents per `map_in_chunks` call, for batches of `batch_size` documents of about BATCH_TEXT_BYTES."""
+    return max(batch_size, batch_size * (CHUNK_BYTES // BATCH_TEXT_BYTES))
+
+
+def _shift_indices(batch: dict, indices: list[int], *, function, offset: int) -> dict:
+    return function(batch, [i + offset for i in indices])
+
+
+def map_in_chunks(dataset, function, *, name: str, workdir: Path, rows_per_chunk: int, num_proc: int,
+                  with_indices: bool = False, **map_kwargs) -> list[str]:
+    """`dataset.map(function, batched=True, ...)` run on consecutive row ranges, each written to
+    `<workdir>/<name>-<i>.arrow`; returns the written files, in order.
+
+    Why by hand: a map reads its input through one memory map that stays mapped until the map ends, so the pages it
+    has read stay resident in the process (they show in its RSS/PSS) and one map over a 1 GB table holds about 1 GB
+    of page cache. Each chunk here reopens the input (`pickle` round trip: a new memory map of the same files, with
+    the same selections) and drops it when done, so at most CHUNK_BYTES of input pages are mapped at a time.
+    `with_indices` passes the row's index in the whole `dataset`.
+    """
+    import gc
+    import pickle
+
+    files = []
+    for i, start in enumerate(range(0, len(dataset), rows_per_chunk)):
+        stop = min(start + rows_per_chunk, len(dataset))
+        part = pickle.loads(pickle.dumps(dataset)).select(range(start, stop))
+        fn = partial(_shift_indices, function=function, offset=start) if with_indices else function
+        procs = num_proc if num_proc > 1 and stop - start >= 2 * num_proc else None
+        out = part.map(fn, batched=True, with_indices=with_indices, num_proc=procs,
+                       cache_file_name=str(workdir / f"{name}-{i:05d}.arrow"), load_from_cache_file=False,
+                       new_fingerprint=f"{name}-{i}-{uuid.uuid4().hex}", **map_kwargs)
+        files.extend(f["filename"] for f in out.cache_files)
+        del part, out
+        gc.collect()
+    return files
+
+
+def open_arrow_files(files: list[str]):
+    """Arrow files written by `map` as one memory-mapped dataset, in order."""
+    import datasets
+
+    parts = [datasets.Dataset.from_file(f) for f in files]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def tokenize_documents(batch: dict, tokenizer) -> dict:

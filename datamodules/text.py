@@ -13,9 +13,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from datamodules.base import DataFormatError, LitBertDataModule, file_digest, key_digest, resolve_data_file
-from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, full_sentences_starts, generate_documents,
-                                load_hub_documents, owner_starts, pack_doc_sentences, pack_full_sentences,
+from datamodules.base import DataFormatError, LitBertDataModule, file_digest, resolve_data_file
+from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_per_chunk, full_sentences_starts,
+                                generate_documents, load_hub_documents, map_in_chunks,
+                                open_arrow_files, owner_starts, pack_doc_sentences, pack_full_sentences,
                                 tokenize_batch_size, tokenize_documents)
 from datamodules.masking import IGNORE_INDEX
 
@@ -173,22 +174,25 @@ class TextCorpusDataModule(LitBertDataModule):
         key = self.cache_key(sources=[self.source_key(s) for s in sources], text_layout=self.text_layout,
                              text_column=self.text_column, encoding=self.encoding, packing=self.packing,
                              max_seq_length=self.max_seq_length, limit=limit, drop_last_block=self.drop_last_block)
-        return self.cached_dataset(f"mlm-{split}", key, partial(self.build_blocks, sources, split, limit, key))
+        return self.cached_dataset(f"mlm-{split}", key, partial(self.build_blocks, sources, split, limit))
 
-    def build_blocks(self, sources: list[Source], split: str, limit: int | None, key: dict, workdir):
-        """documents -> token ids (batched map, `num_proc` processes) -> blocks (batched map), all Arrow on disk."""
+    def build_blocks(self, sources: list[Source], split: str, limit: int | None, workdir):
+        """documents -> token ids -> blocks: batched maps with `num_proc` processes, all Arrow on disk, the input
+        read about `datamodules.corpus.CHUNK_BYTES` at a time (`map_in_chunks`)."""
         import datasets
 
         Sequence, Value = datasets.Sequence, datasets.Value
         docs = self.documents(sources, workdir)
-        digest = key_digest(key)
-        num_proc = self.num_proc if self.num_proc > 1 and len(docs) >= 2 * self.num_proc else None
-        batch = tokenize_batch_size(docs)
-        tokens = docs.map(tokenize_documents, fn_kwargs={"tokenizer": self.tokenizer}, batched=True,
-                          batch_size=batch, writer_batch_size=batch, num_proc=num_proc, remove_columns=["text"], cache_file_name=str(workdir / "tokens.arrow"),
-                          new_fingerprint=f"{digest}-tokens",
-                          features=datasets.Features({"ids": Sequence(Value("int32")), "n": Value("int64")}))
-        lengths = tokens.data.column("n").to_numpy() if len(tokens) else np.zeros(0, dtype=np.int64)
+        if not len(docs):
+            raise DataFormatError(f"no text in {[s.describe() for s in sources]}: the {split} split has no documents")
+        batch = tokenize_batch_size(docs)  # documents of about BATCH_TEXT_BYTES
+        chunk = documents_per_chunk(batch)
+        features = datasets.Features({"ids": Sequence(Value("int32")), "n": Value("int64")})
+        tokens = open_arrow_files(map_in_chunks(
+            docs, tokenize_documents, name="tokens", workdir=workdir, rows_per_chunk=chunk, num_proc=self.num_proc,
+            fn_kwargs={"tokenizer": self.tokenizer}, batch_size=batch, writer_batch_size=batch,
+            remove_columns=docs.column_names, features=features))
+        lengths = tokens.data.column("n").to_numpy()
         size = self.max_seq_length - 2
         n_blocks, first_block = block_counts(lengths, size, self.packing, self.drop_last_block, limit)
         if n_blocks == 0:
@@ -197,7 +201,7 @@ class TextCorpusDataModule(LitBertDataModule):
         tok = self.tokenizer
         if self.packing == "full_sentences":
             starts = full_sentences_starts(lengths)
-            needed = int(np.searchsorted(owner_starts(starts), (n_blocks - 1) * size, side="right"))  # documents up to the last start
+            needed = int(np.searchsorted(owner_starts(starts), (n_blocks - 1) * size, side="right"))  # owners
             pack = partial(pack_full_sentences, tokens=tokens.select_columns(["ids"]), starts=starts,
                            n_blocks=n_blocks, size=size, bos=tok.cls_token_id, eos=tok.sep_token_id,
                            sep=tok.sep_token_id)
@@ -205,15 +209,14 @@ class TextCorpusDataModule(LitBertDataModule):
             needed = int(np.searchsorted(first_block, n_blocks - 1, side="right"))
             pack = partial(pack_doc_sentences, first_block=first_block, n_blocks=n_blocks, size=size,
                            bos=tok.cls_token_id, eos=tok.sep_token_id)
+        owners = tokens.select(range(needed)) if needed < len(tokens) else tokens
         features = datasets.Features({"input_ids": Sequence(Value("int32")), "example_index": Value("int64"),
                                       "document_index": Value("int64")})
-        owners = tokens.select(range(needed)) if needed < len(tokens) else tokens
-        num_proc = self.num_proc if self.num_proc > 1 and needed >= 2 * self.num_proc else None
-        batch = max(1, 4 * tokenize_batch_size(docs))  # token ids take 4 bytes, the text about 4 bytes per token
-        return owners.with_format("numpy").map(pack, batched=True, batch_size=batch, writer_batch_size=1024,
-                                               with_indices=True, remove_columns=tokens.column_names,
-                                               num_proc=num_proc, features=features, cache_file_name=str(workdir / "blocks.arrow"),
-                          new_fingerprint=f"{digest}-blocks")
+        # About 4 bytes of text per token, and 4 bytes per int32 id: the same documents per batch and per chunk.
+        return open_arrow_files(map_in_chunks(
+            owners.with_format("numpy"), pack, name="blocks", workdir=workdir, rows_per_chunk=chunk,
+            num_proc=self.num_proc, with_indices=True, batch_size=batch, writer_batch_size=1024,
+            remove_columns=tokens.column_names, features=features))
 
     def token_counts(self) -> np.ndarray:
         """Occurrences of each token id in the train blocks (for mlm_smoothing), read batch by batch."""

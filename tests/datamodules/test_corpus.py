@@ -83,8 +83,10 @@ def test_text_as_it_reads_for_a_byte_level_bpe(text_dm, tmp_path):
 @pytest.mark.parametrize("drop_last_block", [False, True])
 @pytest.mark.parametrize("num_proc", [1, 2])
 def test_map_packer_equals_the_reference(text_dm, monkeypatch, packing, drop_last_block, num_proc):
-    """Tiny map batches (a few documents each) and 2 processes: blocks cross batch and process boundaries."""
+    """Tiny map batches (a few documents each), chunks of a few batches and 2 processes: blocks cross batch,
+    chunk and process boundaries."""
     monkeypatch.setattr(corpus, "BATCH_TEXT_BYTES", 300)
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 300)  # one batch per chunk
     files = ["wikitext-2/train.txt", "glue/SST-2/dev.tsv", "squad/dev-v1.1.json"]
     dm = text_dm(val_files=files, packing=packing, drop_last_block=drop_last_block, num_proc=num_proc)
     dm.setup("validate")
@@ -95,6 +97,7 @@ def test_map_packer_equals_the_reference(text_dm, monkeypatch, packing, drop_las
     assert [list(b) for b in data["input_ids"]] == expected
     assert list(data["example_index"]) == list(range(len(expected)))
     assert list(data["document_index"]) == first_doc and max(first_doc) == 8 + 12 + 2 - 1
+    assert len(data.cache_files) > 2  # several chunks
     assert data.features["input_ids"].feature.dtype == "int32"  # half the disk of int64
 
 
@@ -108,8 +111,8 @@ def test_max_samples_and_the_cache(text_dm, tmp_path):
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(entries) == 2 and all(e.startswith("mlm-val-") for e in entries)  # no temporary folder left
     manifest = json.loads((tmp_path / "cache" / entries[0] / "litbert_cache.json").read_text())
-    assert manifest["files"] == ["blocks.arrow"]  # the map's own Arrow file, memory-mapped; intermediates removed
-    assert sorted(p.name for p in (tmp_path / "cache" / entries[0]).iterdir()) == ["blocks.arrow", "litbert_cache.json"]
+    assert manifest["files"] == ["blocks-00000.arrow"]  # the map's own Arrow file, memory-mapped; intermediates gone
+    assert sorted(p.name for p in (tmp_path / "cache" / entries[0]).iterdir()) == ["blocks-00000.arrow", "litbert_cache.json"]
     again = text_dm(val_files=["wikitext-2/train.txt"], max_eval_samples=5)
     again.build_blocks = lambda *args: pytest.fail("a cache hit must not build")
     again.setup("validate")
@@ -168,7 +171,7 @@ def test_encoding_errors_name_the_line(text_dm, tmp_path):
 
 def test_empty_corpus_is_named(text_dm, tmp_path):
     (tmp_path / "empty.txt").write_text("\n \n")
-    with pytest.raises(DataFormatError, match="empty.txt.*the val split has no blocks"):
+    with pytest.raises(DataFormatError, match="empty.txt.*the val split has no documents"):
         text_dm(val_files=[str(tmp_path / "empty.txt")]).setup("validate")
 
 
