@@ -20,7 +20,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -107,17 +107,47 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def undecodable(path: Path, line: int, raw: bytes, encoding: str) -> DataFormatError:
+    return DataFormatError(f"{path}, line {line}: bytes {raw!r} cannot be decoded as {encoding} "
+                           f"(set the DataModule's `encoding` option if the file is not {encoding})")
+
+
 def decode_text_file(path: Path, encoding: str = "utf-8") -> str:
     """Read a whole text file; undecodable bytes raise DataFormatError with the line number."""
     raw = path.read_bytes()
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataFormatError(
-            f"{path}, line {line}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding} "
-            f"(set the file encoding option if the file is not {encoding})"
-        ) from None
+        raise undecodable(path, raw[: err.start].count(b"\n") + 1, raw[err.start:err.end], encoding) from None
+
+
+def iter_decoded_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, text without its newline) of a file read line by line (memory: one line); lines end at
+    b"\n" only (U+2028, U+0085 and lone \r are text: valid inside a JSON string), and undecodable bytes raise
+    DataFormatError naming the line."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise undecodable(path, number, raw[err.start:err.end], encoding) from None
+
+
+def iter_json_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a JSON-lines file, read line by line; blank lines are skipped, a UTF-8 byte-order
+    mark is dropped, and a line that is not a JSON object raises DataFormatError naming it."""
+    for number, line in iter_decoded_lines(path, encoding):
+        line = line.removeprefix("\ufeff") if number == 1 else line
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{path}, line {number}: not a JSON object ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{path}, line {number}: expected a JSON object per line, got "
+                                  f"{type(record).__name__}")
+        yield number, record
 
 
 # ---- reading tabular files (TSV with quoting off, CSV, JSON lines) with line numbers ---------------------------
@@ -192,23 +222,10 @@ def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Tabl
     A UTF-8 byte-order mark (MRPC) is dropped; blank lines are skipped; errors name the file and line.
     """
     fmt = file_format(path)
-    text = decode_text_file(path, encoding)
-    text = text.removeprefix("\ufeff")
     if fmt == "jsonl":
-        rows, lines = [], []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}, line {number}: not a JSON object ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{path}, line {number}: expected a JSON object per line, got "
-                                      f"{type(record).__name__}")
-            rows.append(record)
-            lines.append(number)
-        return Table(path, None, rows, lines, is_json=True)
+        numbered = list(iter_json_records(path, encoding))
+        return Table(path, None, [r for _, r in numbered], [n for n, _ in numbered], is_json=True)
+    text = decode_text_file(path, encoding).removeprefix("\ufeff")
 
     if fmt == "tsv":
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)

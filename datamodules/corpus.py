@@ -36,7 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
-from datamodules.base import DataFormatError
+from datamodules.base import DataFormatError, iter_decoded_lines, iter_json_records
 
 TEXT_LAYOUTS = ("auto", "wikitext", "paragraphs", "lines")
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw", "")
@@ -65,22 +65,10 @@ class Source:
 
 
 # ---- local files, read one document at a time ----------------------------------------------------------------
-def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline); undecodable bytes raise DataFormatError naming the line."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.decode(encoding).rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataFormatError(
-                    f"{path}, line {number}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding} "
-                    f"(set the DataModule's `encoding` option if the file is not {encoding})") from None
-
-
 def detect_layout(path: Path, encoding: str) -> str:
     """'wikitext' if the first MiB of the file has a ` = Title = ` line, else 'paragraphs'."""
     seen = 0
-    for _, line in _decoded_lines(path, encoding):
+    for _, line in iter_decoded_lines(path, encoding):
         if is_top_heading(line):
             return "wikitext"
         seen += len(line) + 1
@@ -96,7 +84,7 @@ def iter_text_documents(path: Path, layout: str = "auto", encoding: str = "utf-8
     if layout == "auto":
         layout = detect_layout(path, encoding)
     pieces: list[str] = []
-    for _, line in _decoded_lines(path, encoding):
+    for _, line in iter_decoded_lines(path, encoding):
         if layout == "lines":
             if line.strip():
                 yield line.strip()
@@ -112,18 +100,10 @@ def iter_text_documents(path: Path, layout: str = "auto", encoding: str = "utf-8
 
 
 def iter_jsonl_documents(path: Path, text_column: str, encoding: str = "utf-8") -> Iterator[str]:
-    # Split on b"\n" only: U+2028 and U+0085 are valid inside JSON strings (str.splitlines would break there).
-    for number, line in _decoded_lines(path, encoding):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{path}, line {number}: not a JSON object ({err.msg})") from None
-        if not isinstance(record, dict) or text_column not in record:
-            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+    for number, record in iter_json_records(path, encoding):
+        if text_column not in record:
             raise DataFormatError(f"{path}, line {number}: expected a JSON object with the text column "
-                                  f"{text_column!r} (set text_column), got {keys}")
+                                  f"{text_column!r} (set text_column), got {sorted(record)}")
         if record[text_column] is not None and str(record[text_column]).strip():
             yield str(record[text_column]).strip()
 
