@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from lightning_modules.distill_losses import cosine_hidden_loss, masked_lm_loss, soft_cross_entropy
+from lightning_modules.distributed import global_token_means
 from lightning_modules.mlm import MaskedLMModule, batch_size
 from models.mlm import IGNORE_INDEX, split_masked_lm
 from models.pretrained import load_pretrained
@@ -137,11 +138,24 @@ class DistillationMixin:
         """Log every loss term separately: `<stage>/loss_ce`, `<stage>/loss_cos`, ... and the total `<stage>/loss`."""
         for name, value in terms.items():
             key = f"{stage}/loss" if name == "total" else f"{stage}/loss_{name}"
+            # synced: under DDP the figures cover every rank (per step in training, weighted per epoch otherwise)
             self.log(key, value.detach(), prog_bar=name == "total", batch_size=batch_size,
-                     on_step=stage == "train", on_epoch=stage != "train", add_dataloader_idx=False)
+                     on_step=stage == "train", on_epoch=stage != "train", add_dataloader_idx=False, sync_dist=True)
 
-    def weighted_total(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add `terms["total"]` = sum over the terms of `alpha_<name> * term` (alpha_ce, alpha_mlm, alpha_hard, ...)."""
+    def weighted_total(self, terms: dict[str, torch.Tensor],
+                       token_counts: dict[str, int | torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Add `terms["total"]` = sum over the terms of `alpha_<name> * term` (alpha_ce, alpha_mlm, alpha_hard, ...).
+
+        `token_counts` names the terms that are means over tokens/positions of the local batch, with their counts:
+        in the training loop these are first rescaled by `lightning_modules.distributed.global_token_means`, so that
+        under DDP they are means over the tokens of all ranks' batches (one process: unchanged). Terms averaged over
+        examples need nothing: every rank's training batch has the same number of examples.
+        """
+        trainer = self._trainer
+        if token_counts and trainer is not None and trainer.training:
+            names = list(token_counts)
+            scaled = global_token_means(self, [terms[n] for n in names], [token_counts[n] for n in names])
+            terms.update(zip(names, scaled))
         terms["total"] = sum(self.hparams[f"alpha_{name}"] * value for name, value in terms.items())
         return terms
 
@@ -237,7 +251,8 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
             "mlm": masked_lm_loss(student_logits, labels[selected]),  # -100 rows (unmasked) are skipped
             "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask),
         }
-        return self.weighted_total(terms)
+        counts = {"ce": selected.sum(), "mlm": (labels[selected] != IGNORE_INDEX).sum(), "cos": attention_mask.sum()}
+        return self.weighted_total(terms, counts)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)  # the student's MLM loss, perplexity and accuracy

@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification
 
 from evaluation.glue_metrics import glue_metric_collection, main_score, predictions_from_logits
 from evaluation.writers import glue_submission_filename, write_glue_predictions
+from lightning_modules.distributed import true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
 from models.pretrained import load_pretrained
@@ -185,7 +186,8 @@ class SequenceClassificationModule(FineTuningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.model(**self.model_inputs(batch), labels=batch["labels"]).loss
-        self.log("train/loss", loss, prog_bar=True)
+        # synced: under DDP the logged figure is the mean over all ranks' examples (equal batch sizes per step)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -208,7 +210,8 @@ class SequenceClassificationModule(FineTuningModule):
     def _eval_epoch_end(self, stage: str, collections: nn.ModuleList):
         values = {}
         for collection in collections:
-            if any(m.update_count for m in collection.values()):  # nothing to compute for an unlabelled set
+            # nothing to compute for an unlabelled set; decided by all processes together, since compute() syncs
+            if true_on_any_rank(self, any(m.update_count for m in collection.values())):
                 values.update({k: 100.0 * float(v) for k, v in collection.compute().items()})
             collection.reset()
         if not values:
@@ -249,7 +252,7 @@ class SequenceClassificationModule(FineTuningModule):
             chosen = [o for o in outputs if o["dataloader_idx"] == idx]
             indices = torch.cat([o["example_index"] for o in chosen]).tolist()
             preds = torch.cat([o["predictions"] for o in chosen]).tolist()
-            # a DistributedSampler pads by repeating examples: keep one prediction per example index
+            # one prediction per example index (the DataModules' samplers never repeat one; other samplers may)
             unique = dict(zip(indices, preds))
             path = self.prediction_dir() / glue_submission_filename(self.task_name, idx)
             write_glue_predictions(path, list(unique), list(unique.values()), self.label_names, self.is_regression)

@@ -69,7 +69,7 @@ class QuestionAnsweringModule(FineTuningModule):
     def training_step(self, batch, batch_idx):
         loss = self.model(**self.model_inputs(batch), start_positions=batch["start_positions"],
                           end_positions=batch["end_positions"]).loss
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # under DDP: the mean over all ranks
         return loss
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ class QuestionAnsweringModule(FineTuningModule):
         self._outputs = []
         datamodule = datamodule or self.trainer.datamodule
         examples, features = datamodule.eval_examples, datamodule.eval_features
-        feature_ids = sorted(by_feature)  # a DistributedSampler's padding repeats are collapsed by the dict
+        feature_ids = sorted(by_feature)  # every rank's features; a repeated one (other samplers) counts once
         feature_example = _column(features, "example_index")
         all_offsets = _column(features, "offset_mapping")
         seen = sorted({int(feature_example[f]) for f in feature_ids})
