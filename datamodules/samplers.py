@@ -19,6 +19,7 @@ trainer), so Lightning keeps them:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterator, Sequence
 
 import torch
@@ -84,8 +85,8 @@ class DistributedTrainSampler(DistributedSampler):
     `accumulate_grad_batches` micro-batches were accumulated (a short step with the loss still divided by the full
     count). So the number of batches per rank per epoch is rounded DOWN to a multiple of `accumulate_grad_batches`:
     the last batches of each epoch's order are dropped. The order is reshuffled every epoch, so which examples are
-    dropped changes from epoch to epoch. An epoch with fewer batches per rank than `accumulate_grad_batches` is an
-    error.
+    dropped changes from epoch to epoch. An epoch with fewer batches per rank than `accumulate_grad_batches` keeps
+    them all, with a warning (its one optimiser step is short, there is no whole one to keep).
 
     Args:
         num_examples: size of the dataset.
@@ -122,11 +123,12 @@ class DistributedTrainSampler(DistributedSampler):
         full, rest = divmod(self.num_examples, world * size)
         sizes = [size] * full + ([rest // world] if rest >= world else [])
         kept = len(sizes) - len(sizes) % self.accumulate_grad_batches
-        if kept == 0:
-            raise ValueError(
+        if kept == 0:  # keep them all: dropping would leave an empty epoch (e.g. a smoke test of a big recipe)
+            warnings.warn(
                 f"{self.num_examples} training examples give {len(sizes)} batches of {size} per process "
-                f"({world} process(es)), fewer than accumulate_grad_batches={self.accumulate_grad_batches}: no full "
-                f"optimiser step fits in an epoch; lower accumulate_grad_batches or batch_size")
+                f"({world} process(es)), fewer than accumulate_grad_batches={self.accumulate_grad_batches}: every "
+                f"epoch ends with a short optimiser step; lower accumulate_grad_batches or batch_size", stacklevel=3)
+            return sizes
         return sizes[:kept]
 
     def dropped_per_epoch(self) -> int:
