@@ -6,7 +6,8 @@ the end of `fit` every rank writes `<out_dir>/rank<global rank>.json`:
   batch has one), the loss `training_step` returned (undivided by accumulation), real and padded token counts,
   and each example's real length;
 - `val`: per validation epoch (sanity check excluded): the `example_index` of every batch, and for GLUE modules the
-  number of examples the first metric collection counted, summed over ranks (`val_metric_examples`);
+  number of examples the first metric collection counted, summed over ranks (`val_metric_examples`), and the
+  `val*` figures logged (`metrics`);
 - `world_size`, `global_step`, `accumulate_grad_batches`, `train_batches_per_epoch` (Lightning's count).
 """
 from __future__ import annotations
@@ -54,6 +55,11 @@ class BatchRecorder(Callback):
                         trainer.strategy.reduce(local.clone(), reduce_op="sum"))
                     break
         self.val.append(self._val_epoch)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._val_epoch is not None:  # after the module's epoch-end hook: what it logged (rank 0's view)
+            self._val_epoch["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                                          if k.startswith("val")}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

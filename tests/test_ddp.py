@@ -89,6 +89,13 @@ def assert_validation_once(records: list[dict], dev_size: int) -> None:
                 assert e["val_metric_examples"] == dev_size  # the metric counted each example once
 
 
+def assert_same_val_metrics(single: list[dict], double: list[dict], keys: list[str], tolerance: float = 1e-4) -> None:
+    """The validation figures of both runs agree (same weights up to float error; each example counted once)."""
+    for one, two in zip(single[0]["val"], double[0]["val"], strict=True):
+        for key in keys:
+            assert two["metrics"][key] == pytest.approx(one["metrics"][key], abs=tolerance), key
+
+
 # ---- fixtures ----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_classifier_dir(tmp_path, wordpiece_tokenizer_dir) -> Path:
@@ -123,6 +130,7 @@ def test_mlm_two_processes_match_one_with_the_double_batch(tmp_path, monkeypatch
     n_val = len(single[0]["val"][0]["indices"])  # one process validates every block once, in order
     assert single[0]["val"][0]["indices"] == list(range(n_val))
     assert_validation_once(double, n_val)
+    assert_same_val_metrics(single, double, ["val/loss", "val/perplexity", "val/accuracy"])
 
 
 # ---- GLUE fine-tuning --------------------------------------------------------------------------------------------
@@ -174,6 +182,7 @@ def test_glue_finetune_shards_keeps_length_groups_counts_dev_once_and_never_cuts
     # validation: every dev example once per epoch, on ranks with different numbers of batches
     assert_validation_once(double, 11)
     assert_validation_once(single, 11)
+    assert_same_val_metrics(single, double, ["val/loss", "val/accuracy"])
 
 
 # ---- distillation ------------------------------------------------------------------------------------------------
@@ -194,6 +203,7 @@ def test_general_distillation_two_processes_match_one(tmp_path, monkeypatch, dat
     assert_same_steps_and_losses(single, double)
     n_val = len(single[0]["val"][0]["indices"])
     assert_validation_once(double, n_val)
+    assert_same_val_metrics(single, double, ["val/loss", "val_distill/loss"])
 
 
 def test_task_distillation_on_two_processes(tmp_path, data_dir, tiny_classifier_dir):
