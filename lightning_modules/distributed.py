@@ -1,4 +1,7 @@
-"""Token-mean losses that stay exact under data parallelism (DDP).
+"""Losses and evaluation figures that stay exact under data parallelism (DDP).
+
+`global_token_means` (training, below); `true_on_any_rank` (epoch-end branches that lead to collectives);
+`log_epoch_means` (evaluation means over ranks with unequal numbers of examples).
 
 A loss averaged over the tokens of the LOCAL batch (the MLM cross-entropy over masked tokens, the distillation KL over
 positions, the cosine loss over non-padded tokens) is not the same objective on W processes: DDP averages the ranks'
