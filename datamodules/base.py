@@ -6,7 +6,8 @@
 - DATA_DIR resolution (`data_dir` argument, else `$DATA_DIR`, else `./data`);
 - an on-disk cache of tokenized `datasets.Dataset`s keyed by the tokenizer's content, the source files' content and
   every setting that changes the result (written to a temporary folder and renamed: never half-written);
-- dataloaders with dynamic padding (`DataCollatorWithPadding`) and optional length-grouped batches;
+- dataloaders with dynamic padding (`DataCollatorWithPadding`), optional length-grouped batches, and samplers that
+  shard themselves across processes (`datamodules.samplers`; Lightning keeps them under DDP);
 - reading TSV/CSV/JSON-lines files with line numbers, and `DataFormatError` for bad input (file, line, expectation).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from datamodules.samplers import LengthGroupedSampler
+from datamodules.samplers import DistributedEvalSampler, DistributedTrainSampler
 from models.pretrained import load_tokenizer
 
 CACHE_FORMAT_VERSION = 2  # bump when a builder's output changes for the same settings
@@ -262,10 +263,10 @@ class LitBertDataModule(pl.LightningDataModule):
         batch_size / eval_batch_size: training / evaluation batch sizes (eval defaults to batch_size).
         num_workers: DataLoader worker processes.
         num_proc: processes for tokenization (`datasets.map(num_proc=...)`).
-        group_by_length: batch training examples of similar length (`datamodules.samplers.LengthGroupedSampler`).
+        group_by_length: batch training examples of similar length (`datamodules.samplers.length_grouped_order`).
         pad_to_multiple_of: pad each batch's length to a multiple of this (8 suits tensor cores); None: longest.
         cache_dir: tokenized-dataset cache (None: `$LITBERT_CACHE`, else `~/.cache/litbert`).
-        seed: seed of the length-grouped sampler's shuffling.
+        seed: seed of the training order (a function of (seed, epoch), the same on every process).
     """
 
     def __init__(
@@ -307,6 +308,13 @@ class LitBertDataModule(pl.LightningDataModule):
         self.vocab_size = len(self.tokenizer)
         self.pad_token_id = self.tokenizer.pad_token_id
         self.collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    # ---- stages ------------------------------------------------------------------------------------------------
+    def trainer_stage(self) -> str | None:
+        """The running Trainer function ("fit", "validate", "test", "predict"), None without a Trainer."""
+        trainer = self.trainer
+        fn = getattr(getattr(trainer, "state", None), "fn", None) if trainer is not None else None
+        return None if fn is None else str(fn.value)
 
     # ---- cache -------------------------------------------------------------------------------------------------
     def cache_key(self, **settings: Any) -> dict:
@@ -360,24 +368,40 @@ class LitBertDataModule(pl.LightningDataModule):
         return dict(batched=True, num_proc=num_proc, new_fingerprint=digest, load_from_cache_file=False)
 
     # ---- dataloaders -------------------------------------------------------------------------------------------
+    def distributed_context(self) -> tuple[int, int, int]:
+        """(world size, global rank, accumulate_grad_batches) of the attached Trainer; (1, 0, 1) without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0, 1
+        return int(trainer.world_size), int(trainer.global_rank), int(trainer.accumulate_grad_batches)
+
     def make_dataloader(self, dataset, train: bool, columns: list[str] | None = None) -> DataLoader:
-        """A DataLoader over `dataset` (only `columns` kept), padded per batch; shuffled or length-grouped if train."""
+        """A DataLoader over `dataset` (only `columns` kept), padded per batch, sharded across processes.
+
+        Training: `DistributedTrainSampler` (a random or, with `group_by_length`, length-grouped order that is a
+        function of (seed, epoch); global batches of world_size * batch_size, one slice per rank; the epoch's batch
+        count per rank a multiple of the Trainer's `accumulate_grad_batches`). Evaluation: `DistributedEvalSampler`
+        (every example once, no repeats). Both are `DistributedSampler`s, so Lightning keeps them under DDP; rank and
+        world size come from the attached Trainer (one process without a Trainer). See docs/data.md, "Many processes".
+        """
         if columns is not None:
             dataset = dataset.select_columns([c for c in columns if c in dataset.column_names])
         batch_size = self.batch_size if train else self.eval_batch_size
-        sampler = None
-        if train and self.group_by_length:
-            sampler = LengthGroupedSampler(dataset["length"] if "length" in dataset.column_names
-                                           else [len(ids) for ids in dataset["input_ids"]],
-                                           batch_size=batch_size, seed=self.seed)
-            if "length" in dataset.column_names:
-                dataset = dataset.remove_columns("length")
-        elif "length" in dataset.column_names:
+        world, rank, accumulate = self.distributed_context()
+        if train:
+            lengths = None
+            if self.group_by_length:
+                lengths = (dataset["length"] if "length" in dataset.column_names
+                           else [len(ids) for ids in dataset["input_ids"]])
+            sampler = DistributedTrainSampler(len(dataset), batch_size, num_replicas=world, rank=rank, seed=self.seed,
+                                              lengths=lengths, accumulate_grad_batches=accumulate)
+        else:
+            sampler = DistributedEvalSampler(len(dataset), num_replicas=world, rank=rank)
+        if "length" in dataset.column_names:
             dataset = dataset.remove_columns("length")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             collate_fn=self.collator,
             num_workers=self.num_workers,

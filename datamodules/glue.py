@@ -294,6 +294,23 @@ class GLUEDataModule(LitBertDataModule):
 
         return self.cached_dataset(f"{self.task_name}-{split}-{name}", key, build)
 
+    def needed_splits(self, stage: str | None) -> list[tuple[str, int]]:
+        """(split, index) pairs `setup(stage)` loads: fit: train + dev; validate/test: dev; predict: `predict_split`."""
+        needed = []
+        if stage in (None, "fit"):
+            needed.append(("train", 0))
+        if stage in (None, "fit", "validate", "test"):
+            needed += [("dev", i) for i in range(len(self.files["dev"]))]
+        if stage in (None, "predict"):
+            needed += [(self.predict_split, i) for i in range(len(self.files[self.predict_split]))]
+        return needed
+
+    def prepare_data(self) -> None:
+        """Tokenize and cache the splits this run needs, once: Lightning calls this on local rank 0 before `setup`
+        runs on any rank (which then only memory-maps the cached entries)."""
+        for split, index in self.needed_splits(self.trainer_stage()):
+            self.load_split(split, index)
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self.load_split("train")

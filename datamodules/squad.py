@@ -191,6 +191,13 @@ class SQuADDataModule(LitBertDataModule):
 
         return examples, self.cached_dataset(f"squad-{split}", key, build)
 
+    def prepare_data(self) -> None:
+        """Build (tokenize and cache) the features this run needs, once: Lightning calls this on local rank 0 before
+        `setup` runs on any rank (which then only memory-maps the cached entries). fit: train + eval; else eval."""
+        if self.trainer_stage() in (None, "fit"):
+            self.load_split("train")
+        self.load_split("eval")
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
             _, self.train_dataset = self.load_split("train")

@@ -21,9 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
+from torchmetrics import MeanMetric
 from transformers import AutoModelForMaskedLM
 
 from lightning_modules.distill_losses import cosine_hidden_loss, masked_lm_loss, soft_cross_entropy
+from lightning_modules.distributed import global_token_means, true_on_any_rank
 from lightning_modules.mlm import MaskedLMModule, batch_size
 from lightning_modules.throughput import FlopsPerBatchMixin
 from models.flops import TRAINING_FACTOR, forward_flops
@@ -135,15 +138,31 @@ class DistillationMixin(FlopsPerBatchMixin):
         return cosine_hidden_loss([student_hidden[s] for s, _ in pairs], [teacher_hidden[t] for _, t in pairs],
                                   attention_mask)
 
-    def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log every loss term separately: `<stage>/loss_ce`, `<stage>/loss_cos`, ... and the total `<stage>/loss`."""
-        for name, value in terms.items():
-            key = f"{stage}/loss" if name == "total" else f"{stage}/loss_{name}"
-            self.log(key, value.detach(), prog_bar=name == "total", batch_size=batch_size,
-                     on_step=stage == "train", on_epoch=stage != "train", add_dataloader_idx=False)
+    @staticmethod
+    def term_key(stage: str, name: str) -> str:
+        """`<stage>/loss` for the total, `<stage>/loss_<name>` (loss_ce, loss_cos, ...) for a term."""
+        return f"{stage}/loss" if name == "total" else f"{stage}/loss_{name}"
 
-    def weighted_total(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add `terms["total"]` = sum over the terms of `alpha_<name> * term` (alpha_ce, alpha_mlm, alpha_hard, ...)."""
+    def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log every loss term of a training step separately (`term_key`), synced: under DDP the mean over ranks."""
+        for name, value in terms.items():
+            self.log(self.term_key(stage, name), value.detach(), prog_bar=name == "total", batch_size=batch_size,
+                     on_step=True, on_epoch=False, add_dataloader_idx=False, sync_dist=True)
+
+    def weighted_total(self, terms: dict[str, torch.Tensor],
+                       token_counts: dict[str, int | torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Add `terms["total"]` = sum over the terms of `alpha_<name> * term` (alpha_ce, alpha_mlm, alpha_hard, ...).
+
+        `token_counts` names the terms that are means over tokens/positions of the local batch, with their counts:
+        in the training loop these are first rescaled by `lightning_modules.distributed.global_token_means`, so that
+        under DDP they are means over the tokens of all ranks' batches (one process: unchanged). Terms averaged over
+        examples need nothing: every rank's training batch has the same number of examples.
+        """
+        trainer = self._trainer
+        if token_counts and trainer is not None and trainer.training:
+            names = list(token_counts)
+            scaled = global_token_means(self, [terms[n] for n in names], [token_counts[n] for n in names])
+            terms.update(zip(names, scaled))
         terms["total"] = sum(self.hparams[f"alpha_{name}"] * value for name, value in terms.items())
         return terms
 
@@ -240,6 +259,8 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         self.init_distillation(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
                                temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForMaskedLM, {})
         self._takes_token_types = "token_type_ids" in inspect.signature(self.model.base_model.forward).parameters
+        # validation means of the terms over all their tokens (independent of batching, exact across processes)
+        self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in ("ce", "mlm", "cos")})
 
     def selected_outputs(self, model, batch: dict, selected: torch.Tensor, hidden_states: bool):
         """(logits [n_selected, V] at the `selected` [B, L] positions, hidden states tuple or (last,))."""
@@ -249,6 +270,10 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         return head(out.last_hidden_state[selected]), hidden
 
     def distillation_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.weighted_total(*self.terms_and_counts(batch))
+
+    def terms_and_counts(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The KL, MLM and cosine terms (token means) and the number of tokens/positions each averages over."""
         labels, attention_mask = batch["labels"], batch["attention_mask"]
         masked = labels != IGNORE_INDEX  # [B, L]
         selected = attention_mask.bool() if self.hparams.kl_positions == "all" else masked
@@ -261,11 +286,32 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
             "mlm": masked_lm_loss(student_logits, labels[selected]),  # -100 rows (unmasked) are skipped
             "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask),
         }
-        return self.weighted_total(terms)
+        counts = {"ce": selected.sum(), "mlm": (labels[selected] != IGNORE_INDEX).sum(), "cos": attention_mask.sum()}
+        return terms, counts
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)  # the student's MLM loss, perplexity and accuracy
-        self.log_terms("val_distill", self.distillation_terms(batch), batch_size(batch))
+        terms, counts = self.terms_and_counts(batch)
+        for name, value in terms.items():  # each term weighted by its own token count
+            self.val_distill_means[name].update(value.detach(), weight=counts[name])
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        for metric in self.val_distill_means.values():
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log `val_distill/loss_{ce,mlm,cos}` (means over the tokens of the whole validation run, synced across
+        processes) and `val_distill/loss` = the alpha-weighted sum of those."""
+        super().on_validation_epoch_end()
+        means = self.val_distill_means
+        if true_on_any_rank(self, means["ce"].update_count > 0):  # decided together: compute() is a collective
+            values = {name: metric.compute() for name, metric in means.items()}
+            values["total"] = sum(self.hparams[f"alpha_{name}"] * value for name, value in values.items())
+            for name, value in values.items():
+                self.log(self.term_key("val_distill", name), value, add_dataloader_idx=False)
+        for metric in means.values():
+            metric.reset()
 
     # ---- FLOPs per batch ---------------------------------------------------------------------------------------
     def distillation_head_positions(self, batch: dict) -> int:

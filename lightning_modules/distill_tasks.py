@@ -70,7 +70,7 @@ class GLUEDistillationModule(DistillationMixin, SequenceClassificationModule):
             "hard": classification_hard_loss(student.logits, batch["labels"], self.is_regression),
             "cos": self.cosine_term(student.hidden_states, teacher.hidden_states, batch["attention_mask"]),
         }
-        return self.weighted_total(terms)
+        return self.weighted_total(terms, {"cos": batch["attention_mask"].sum()})  # ce, hard: means over examples
 
 
 class QADistillationModule(DistillationMixin, QuestionAnsweringModule):
@@ -117,4 +117,4 @@ class QADistillationModule(DistillationMixin, QuestionAnsweringModule):
                                  batch["end_positions"]),
             "cos": self.cosine_term(student.hidden_states, teacher.hidden_states, mask),
         }
-        return self.weighted_total(terms)
+        return self.weighted_total(terms, {"cos": mask.sum()})  # ce, hard: means over examples (windows)

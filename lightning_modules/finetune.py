@@ -15,10 +15,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 from transformers import AutoModelForSequenceClassification
 
 from evaluation.glue_metrics import glue_metric_collection, main_score, predictions_from_logits
 from evaluation.writers import glue_submission_filename, write_glue_predictions
+from lightning_modules.distributed import log_epoch_means, true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
 from models.pretrained import load_pretrained
@@ -167,6 +169,9 @@ class SequenceClassificationModule(FineTuningModule):
         # One metric collection per evaluation set (MNLI: matched, mismatched), for validation and for test.
         self.val_metrics = nn.ModuleList(self._metrics("val", name) for name in self.eval_set_names)
         self.test_metrics = nn.ModuleList(self._metrics("test", name) for name in self.eval_set_names)
+        # the evaluation loss per set, weighted by examples (exact across processes with unequal shards)
+        self.val_losses = nn.ModuleList(MeanMetric() for _ in self.eval_set_names)
+        self.test_losses = nn.ModuleList(MeanMetric() for _ in self.eval_set_names)
         self._predictions: list[dict] = []
 
     def model_card_info(self) -> dict[str, Any]:
@@ -185,7 +190,8 @@ class SequenceClassificationModule(FineTuningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.model(**self.model_inputs(batch), labels=batch["labels"]).loss
-        self.log("train/loss", loss, prog_bar=True)
+        # synced: under DDP the logged figure is the mean over all ranks' examples (equal batch sizes per step)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -197,7 +203,7 @@ class SequenceClassificationModule(FineTuningModule):
         if "labels" not in batch or (not self.is_regression and bool((batch["labels"] < 0).all())):
             return  # an unlabelled set (GLUE test files): nothing to score
         loss = self._loss(logits, batch["labels"])
-        self.log(f"{stage}/loss", loss, add_dataloader_idx=True, batch_size=len(logits), sync_dist=True)
+        getattr(self, f"{stage}_losses")[dataloader_idx].update(loss.detach(), weight=len(logits))
         collections[dataloader_idx].update(predictions_from_logits(logits, self.is_regression), batch["labels"])
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -206,9 +212,14 @@ class SequenceClassificationModule(FineTuningModule):
         return nn.functional.cross_entropy(logits.float(), labels)
 
     def _eval_epoch_end(self, stage: str, collections: nn.ModuleList):
+        losses = getattr(self, f"{stage}_losses")
+        for i, loss in enumerate(losses):  # the keys `self.log(..., add_dataloader_idx=True)` would give
+            key = f"{stage}/loss" if len(losses) == 1 else f"{stage}/loss/dataloader_idx_{i}"
+            log_epoch_means(self, {key: loss}, add_dataloader_idx=False)
         values = {}
         for collection in collections:
-            if any(m.update_count for m in collection.values()):  # nothing to compute for an unlabelled set
+            # nothing to compute for an unlabelled set; decided by all processes together, since compute() syncs
+            if true_on_any_rank(self, any(m.update_count for m in collection.values())):
                 values.update({k: 100.0 * float(v) for k, v in collection.compute().items()})
             collection.reset()
         if not values:
@@ -249,7 +260,7 @@ class SequenceClassificationModule(FineTuningModule):
             chosen = [o for o in outputs if o["dataloader_idx"] == idx]
             indices = torch.cat([o["example_index"] for o in chosen]).tolist()
             preds = torch.cat([o["predictions"] for o in chosen]).tolist()
-            # a DistributedSampler pads by repeating examples: keep one prediction per example index
+            # one prediction per example index (the DataModules' samplers never repeat one; other samplers may)
             unique = dict(zip(indices, preds))
             path = self.prediction_dir() / glue_submission_filename(self.task_name, idx)
             write_glue_predictions(path, list(unique), list(unique.values()), self.label_names, self.is_regression)

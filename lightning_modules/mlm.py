@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from lightning_modules.distributed import global_token_mean, true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
 from lightning_modules.throughput import FlopsPerBatchMixin
@@ -133,7 +134,10 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         logits, targets = self.masked_logits(batch)
         # A batch with nothing masked (tiny inputs) contributes a zero loss that still has a graph.
         loss = F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size(batch))
+        # Under DDP: this rank's share of the mean over the masked tokens of ALL ranks' batches (one process:
+        # unchanged), so the averaged gradients and the synced log are those of one process with the whole batch.
+        loss = global_token_mean(self, loss, targets.numel())
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size(batch), sync_dist=True)
         self.log("train/masked_tokens", float(targets.numel()), batch_size=batch_size(batch))
         return loss
 
@@ -153,7 +157,10 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_loss.update_count == 0 or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            return
+        # decided together: compute() syncs across processes, also on a rank whose shard had nothing masked
+        if not true_on_any_rank(self, self.val_loss.update_count > 0):
             return
         metrics = {"val/loss": self.val_loss.compute(), "val/perplexity": self.val_perplexity.compute(),
                    "val/accuracy": self.val_accuracy.compute()}

@@ -13,10 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
+from torchmetrics import MeanMetric
 from transformers import AutoModelForQuestionAnswering
 
 from evaluation.squad import postprocess_qa_predictions, squad_scores
 from evaluation.writers import write_squad_predictions
+from lightning_modules.distributed import log_epoch_means
 from lightning_modules.finetune import DATA_FACTS, FineTuningModule, gather_objects
 from models.pretrained import load_pretrained
 
@@ -61,6 +64,8 @@ class QuestionAnsweringModule(FineTuningModule):
             raise ValueError(f"QuestionAnsweringModule: task_name must be 'squad' or 'squad_v2', got {task_name!r}")
         self.version_2 = task_name == "squad_v2"
         self._outputs: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (feature index, start, end logits)
+        # val/test loss weighted by features, exact across processes with unequal shards
+        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def forward(self, batch: dict):
         """The model output: `start_logits`, `end_logits` (B, T)."""
@@ -69,7 +74,7 @@ class QuestionAnsweringModule(FineTuningModule):
     def training_step(self, batch, batch_idx):
         loss = self.model(**self.model_inputs(batch), start_positions=batch["start_positions"],
                           end_positions=batch["end_positions"]).loss
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # under DDP: the mean over all ranks
         return loss
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -78,7 +83,7 @@ class QuestionAnsweringModule(FineTuningModule):
         positions = {k: batch[k] for k in ("start_positions", "end_positions") if k in batch}
         out = self.model(**self.model_inputs(batch), **(positions if len(positions) == 2 else {}))
         if stage is not None and out.loss is not None:
-            self.log(f"{stage}/loss", out.loss, batch_size=len(out.start_logits), sync_dist=True)
+            self.eval_losses[stage].update(out.loss.detach(), weight=len(out.start_logits))
         starts, ends = out.start_logits.float().cpu(), out.end_logits.float().cpu()
         for i, f in enumerate(batch["feature_index"].tolist()):
             self._outputs.append((f, starts[i], ends[i]))
@@ -89,7 +94,7 @@ class QuestionAnsweringModule(FineTuningModule):
         self._outputs = []
         datamodule = datamodule or self.trainer.datamodule
         examples, features = datamodule.eval_examples, datamodule.eval_features
-        feature_ids = sorted(by_feature)  # a DistributedSampler's padding repeats are collapsed by the dict
+        feature_ids = sorted(by_feature)  # every rank's features; a repeated one (other samplers) counts once
         feature_example = _column(features, "example_index")
         all_offsets = _column(features, "offset_mapping")
         seen = sorted({int(feature_example[f]) for f in feature_ids})
@@ -108,6 +113,7 @@ class QuestionAnsweringModule(FineTuningModule):
     def _eval_epoch_end(self, stage: str):
         if not self._outputs and not torch.distributed.is_initialized():
             return
+        log_epoch_means(self, {f"{stage}/loss": self.eval_losses[stage]})
         predictions, _, golds = self._predictions()
         if not golds:
             return
