@@ -164,9 +164,8 @@ def streaming_dataloader(datamodule, dataset: StreamingBlocks):
 
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    trainer = datamodule.trainer
-    if trainer is not None:
-        dataset.set_rank(trainer.global_rank, trainer.world_size)
+    world_size, rank, _ = datamodule.distributed_context()
+    dataset.set_rank(rank, world_size)
     dataset.cycle = True
 
     class TrainerLoader(StatefulDataLoader):

@@ -242,8 +242,7 @@ class TextCorpusDataModule(LitBertDataModule):
 
     def prepare_data(self) -> None:
         """Build the caches once (Lightning runs this on one process per node before the others' `setup`)."""
-        stage = getattr(getattr(self.trainer, "state", None), "fn", None)
-        for split in self.cached_splits(str(stage.value) if stage is not None else None):
+        for split in self.cached_splits(self.trainer_stage()):
             self.load_split(split)
 
     def setup(self, stage: str | None = None) -> None:

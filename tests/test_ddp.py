@@ -222,3 +222,31 @@ def test_task_distillation_on_two_processes(tmp_path, data_dir, tiny_classifier_
     assert [len(s) for s in shards] == [12, 12] and set(shards[0]) | set(shards[1]) == set(range(24))
     assert all(r["global_step"] == 4 for r in records)
     assert_validation_once(records, 11)
+
+
+# ---- MLM pretraining in streaming mode -----------------------------------------------------------------------------
+def test_mlm_streaming_each_rank_reads_its_own_shard(tmp_path, data_dir, bpe_tokenizer_dir):
+    """Two files, two ranks: rank r streams file r (whole shards), block after block as one process reading that
+    file alone would; the blocks' example indices (content hashes, the masks' key) never repeat across ranks."""
+    import itertools
+
+    from datamodules.streaming import StreamingBlocks
+    from datamodules.text import TextCorpusDataModule
+
+    files = ["wikitext-2/train.txt", "wikitext-2/valid.txt"]
+    data = [f"--data.init_args.tokenizer={bpe_tokenizer_dir}", f"--data.init_args.data_dir={data_dir}",
+            "--data.init_args.max_seq_length=32", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=5",
+            "--data.init_args.streaming=true", "--data.init_args.shuffle_buffer=0",
+            f"--data.init_args.train_files={json.dumps(files)}"]
+    out = tmp_path / "two"
+    run_two_processes(["--config", str(CONFIGS / "mlm" / "roberta_small.yaml"), *TINY_MLM, *data,
+                       "--trainer.max_steps=3", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
+                       f"--trainer.logger.init_args.save_dir={out}", recorder(out)], tmp_path)
+    double = load_records(out)
+    seen = [[i for batch in record["train"] for i in batch["indices"]] for record in double]
+    assert [len(s) for s in seen] == [12, 12] and not set(seen[0]) & set(seen[1])
+    for rank, f in enumerate(files):
+        alone = TextCorpusDataModule(str(bpe_tokenizer_dir), train_files=[f], data_dir=str(data_dir), streaming=True,
+                                     shuffle_buffer=0, max_seq_length=32, cache_dir=str(tmp_path / "cache"))
+        blocks = StreamingBlocks(alone, alone.sources("train"))
+        assert seen[rank] == [b["example_index"] for b in itertools.islice(blocks, 12)]
