@@ -200,6 +200,35 @@ def load_hub_documents(name: str, config: str | None, split: str, text_column: s
     return data.rename_column(text_column, "text") if text_column != "text" else data
 
 
+def documents_dataset(sources: list[Source], text_column: str, text_layout: str, encoding: str,
+                      workdir: Path | None = None, streaming: bool = False):
+    """One {"text"} dataset of all documents of `sources`, in order: Arrow files under `workdir / "documents"`
+    (`Dataset.from_generator`), or an `IterableDataset` when streaming (one shard per file)."""
+    import datasets
+
+    parts, features = [], datasets.Features({"text": datasets.Value("string")})
+    for source in sources:
+        if source.hub is not None:
+            parts.append(load_hub_documents(*source.hub, text_column, streaming=streaming))
+            continue
+        kwargs = dict(paths=[str(source.path)], text_column=text_column, text_layout=text_layout, encoding=encoding)
+        if streaming:
+            parts.append(datasets.IterableDataset.from_generator(generate_documents, gen_kwargs=kwargs))
+            continue
+        try:
+            parts.append(datasets.Dataset.from_generator(generate_documents, gen_kwargs=kwargs, features=features,
+                                                         cache_dir=str(workdir / "documents")))
+        except datasets.exceptions.DatasetGenerationError as err:  # our reader's own message, unwrapped
+            if isinstance(err.__cause__, DataFormatError):
+                raise err.__cause__ from None
+            raise
+        except ValueError as err:  # `datasets` refuses a generator that yields nothing
+            if "corresponds to no data" not in str(err):
+                raise
+            parts.append(datasets.Dataset.from_dict({"text": []}, features=features))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
 # ---- tokenize and pack (the functions `Dataset.map` runs, in several processes) --------------------------------
 BATCH_TEXT_BYTES = 4 << 20  # text per map batch: the token lists of one batch are Python objects until written
 CHUNK_BYTES = 256 << 20  # input per `map` call of `map_in_chunks`: the memory-mapped pages one call keeps resident

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from datamodules.corpus import tokenize_documents
+from datamodules.corpus import documents_dataset, tokenize_documents
 
 DOCUMENT_BATCH = 64  # documents tokenized per call (the resume granularity of the source)
 
@@ -46,7 +47,8 @@ class StreamingBlocks(IterableDataset):
     def __init__(self, datamodule, sources):
         super().__init__()
         self.sources = sources
-        self.documents_fn = datamodule.documents  # (sources, workdir, streaming) -> datasets.IterableDataset
+        self.documents = partial(documents_dataset, sources, datamodule.text_column, datamodule.text_layout,
+                                 datamodule.encoding, streaming=True)  # () -> a new datasets.IterableDataset
         self.tokenizer = datamodule.tokenizer
         self.size = datamodule.max_seq_length - 2
         self.packing = datamodule.packing
@@ -68,7 +70,7 @@ class StreamingBlocks(IterableDataset):
         """The documents of this rank and DataLoader worker: stream r * workers + w of ranks * workers."""
         from datasets.distributed import split_dataset_by_node
 
-        docs = self.documents_fn(self.sources, None, streaming=True)
+        docs = self.documents()
         if self.shuffle_buffer > 0:
             docs = docs.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
         docs.set_epoch(epoch)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from datamodules.base import DataFormatError, LitBertDataModule, file_digest, resolve_data_file
-from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_per_chunk, full_sentences_starts,
-                                generate_documents, load_hub_documents, map_in_chunks,
+from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_dataset, documents_per_chunk,
+                                full_sentences_starts, load_hub_documents, map_in_chunks,
                                 open_arrow_files, owner_starts, pack_doc_sentences, pack_full_sentences,
                                 tokenize_batch_size, tokenize_documents)
 from datamodules.masking import IGNORE_INDEX
@@ -132,34 +132,6 @@ class TextCorpusDataModule(LitBertDataModule):
                              f"needs the {split} split")
         return [Source(path=resolve_data_file(self.data_dir, f)) for f in self.files[split]]
 
-    def documents(self, sources: list[Source], workdir, streaming: bool = False):
-        """One {"text"} dataset of all documents of `sources`, in order (an IterableDataset when streaming)."""
-        import datasets
-
-        parts, features = [], datasets.Features({"text": datasets.Value("string")})
-        for source in sources:
-            if source.hub is not None:
-                parts.append(load_hub_documents(*source.hub, self.text_column, streaming=streaming))
-                continue
-            kwargs = dict(paths=[str(source.path)], text_column=self.text_column, text_layout=self.text_layout,
-                          encoding=self.encoding)
-            if streaming:
-                parts.append(datasets.IterableDataset.from_generator(generate_documents, gen_kwargs=kwargs))
-            else:
-                try:
-                    parts.append(datasets.Dataset.from_generator(
-                        generate_documents, gen_kwargs=kwargs, cache_dir=str(workdir / "documents"),
-                        features=features))
-                except datasets.exceptions.DatasetGenerationError as err:  # our reader's own message, unwrapped
-                    if isinstance(err.__cause__, DataFormatError):
-                        raise err.__cause__ from None
-                    raise
-                except ValueError as err:  # `datasets` refuses a generator that yields nothing
-                    if "corresponds to no data" not in str(err):
-                        raise
-                    parts.append(datasets.Dataset.from_dict({"text": []}, features=features))
-        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
     def source_key(self, source: Source) -> tuple:
         """What identifies a source's content in the cache key (file bytes, or the hub dataset's fingerprint)."""
         if source.hub is not None:
@@ -182,7 +154,7 @@ class TextCorpusDataModule(LitBertDataModule):
         import datasets
 
         Sequence, Value = datasets.Sequence, datasets.Value
-        docs = self.documents(sources, workdir)
+        docs = documents_dataset(sources, self.text_column, self.text_layout, self.encoding, workdir=workdir)
         if not len(docs):
             raise DataFormatError(f"no text in {[s.describe() for s in sources]}: the {split} split has no documents")
         batch = tokenize_batch_size(docs)  # documents of about BATCH_TEXT_BYTES
