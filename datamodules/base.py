@@ -150,7 +150,8 @@ class Table:
             if column not in self.header:
                 if not required:
                     return None
-                raise DataFormatError(f"{self.path}, line 1: missing column {column!r}; the header has {self.header}")
+                raise DataFormatError(f"{self.path}, line 1: missing column {column!r}; the header has {self.header}"
+                                      f"{delimiter_hint(self.header, self.path)}")
             index = self.header.index(column)
         else:
             index = int(column)
@@ -186,6 +187,18 @@ def file_format(path: Path) -> str:
                           f"expected .tsv, .csv, .jsonl or .json (JSON lines)")
 
 
+def delimiter_hint(cells: list[str], path: Path) -> str:
+    """A hint when a line read as one column holds another delimiter (a CSV saved as .tsv, or the reverse)."""
+    if len(cells) != 1:
+        return ""
+    expected = "tab" if file_format(path) == "tsv" else "comma"
+    for mark, name in (("\t", "tab"), (",", "comma"), (";", "semicolon"), ("|", "pipe")):
+        if name != expected and mark in cells[0]:
+            return (f" (a single column: the line looks {name}-separated, but {path.suffix} files are read "
+                    f"{expected}-separated; rename the file or convert it)")
+    return ""
+
+
 def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Table:
     """Read a TSV (quoting off), CSV or JSON-lines file; every row must have as many columns as the first line.
 
@@ -208,6 +221,8 @@ def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Tabl
                                       f"{type(record).__name__}")
             rows.append(record)
             lines.append(number)
+        if not rows:
+            raise DataFormatError(f"{path}: the file is empty; expected one JSON object per line")
         return Table(path, None, rows, lines, is_json=True)
 
     if fmt == "tsv":
@@ -221,17 +236,23 @@ def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Tabl
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if width is None:
-                width = len(row)
+                width, first_cells = len(row), row
                 if header:
                     table_header = row
                     continue
             if len(row) != width:
                 raise DataFormatError(f"{path}, line {reader.line_num}: expected {width} {kind} columns "
-                                      f"(as in the {'header' if header else 'first line'}), found {len(row)}")
+                                      f"(as in the {'header' if header else 'first line'}), found {len(row)}"
+                                      f"{delimiter_hint(first_cells if width == 1 else row, path)}")
             rows.append(row)
             lines.append(reader.line_num)
     except csv.Error as err:
         raise DataFormatError(f"{path}, line {reader.line_num}: malformed {fmt.upper()} ({err})") from None
+    if width is None:
+        raise DataFormatError(f"{path}: the file is empty; expected {'a header line, then ' if header else ''}rows of "
+                              f"{kind} columns")
+    if not rows:
+        raise DataFormatError(f"{path}: only a header line {table_header}, no rows")
     return Table(path, table_header, rows, lines)
 
 
@@ -268,6 +289,9 @@ class LitBertDataModule(pl.LightningDataModule):
         super().__init__()
         if max_seq_length < 8:
             raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.init_args.{name} must be a positive number of examples per batch, got {value}")
         self.tokenizer_name = tokenizer
         self.tokenizer = load_tokenizer(tokenizer)
         if not self.tokenizer.is_fast:
