@@ -118,8 +118,9 @@ class StopOnNonFinite(Callback):
         if not self.check_checkpoints:
             return
         bad = non_finite_tensors((checkpoint.get("state_dict") or {}).items())
-        if bad:
+        # every process dumps the checkpoint; under FSDP only rank 0 holds the full weights: decide together
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
             raise NonFiniteWeightsError(
                 f"not writing a checkpoint at global step {trainer.global_step}: the weights hold NaN or infinite "
-                f"values ({describe_names(bad)}); the checkpoints already written are kept. Lower the learning rate "
+                f"values ({describe_names(bad) or 'on another process'}); the checkpoints already written are kept. Lower the learning rate "
                 f"or clip gradients (--trainer.gradient_clip_val 1.0)")
