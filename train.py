@@ -51,10 +51,13 @@ def accepted_arguments(class_type) -> set[str] | None:
 
 
 class _LinkFilteringInstantiator(_InstantiatorFn):
-    """Lightning's model instantiator, minus the linked data facts the chosen model class does not take.
+    """Lightning's model (and data) instantiator, minus the linked data facts the chosen class does not take, and
+    naming the option whose value an error of the constructor is about.
 
-    Without this, LightningCLI records every applied link in the model's hyperparameters, and `load_from_checkpoint`
-    or `--ckpt_path FILE` later pass e.g. `label_names` to an MLM module that has no such argument.
+    Without the filter, LightningCLI records every applied link in the model's hyperparameters, and
+    `load_from_checkpoint` or `--ckpt_path FILE` later pass e.g. `label_names` to an MLM module that has no such
+    argument. An error whose message holds the value of exactly one text argument (a missing teacher directory, an
+    unknown model or task name) is reported as `model.init_args.teacher: ...` (see `user_error_message`).
     """
 
     def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
@@ -65,7 +68,14 @@ class _LinkFilteringInstantiator(_InstantiatorFn):
             for key, value in applied_instantiation_links.items()
             if accepted is None or not key.startswith(prefix) or key[len(prefix):] in accepted
         }
-        return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
+        try:
+            return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
+        except (OSError, ValueError) as err:
+            named = [name for name, value in kwargs.items()
+                     if isinstance(value, (str, os.PathLike)) and len(str(value)) >= 3 and str(value) in str(err)]
+            if len(named) == 1 and not hasattr(err, "litbert_option"):
+                err.litbert_option = f"{prefix}{named[0]}"
+            raise
 
 
 class CommandLineError(ValueError):
@@ -151,6 +161,12 @@ class LitBertCLI(LightningCLI):
             subclasses=self.subclass_mode_model,
             prepend=True,
         )
+        self.parser.add_instantiator(
+            _LinkFilteringInstantiator(cli=self, key="data"),
+            _get_module_type(self._datamodule_class),
+            subclasses=self.subclass_mode_data,
+            prepend=True,
+        )
 
     def add_arguments_to_parser(self, parser):
         for name in DATA_TO_MODEL_LINKS:
@@ -215,6 +231,23 @@ def _parser_options(parser, args) -> list[str]:
     return options
 
 
+def _failing_config(args) -> str:
+    """' FILE' for the first `--config FILE` of `args` that is not valid YAML ('' when none can be told)."""
+    import yaml
+
+    args = [str(a) for a in (args or sys.argv[1:])]
+    files = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    files += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    for name in files:
+        try:
+            yaml.safe_load(open(name, encoding="utf-8").read())
+        except yaml.YAMLError:
+            return f" {name}"
+        except OSError:
+            continue
+    return ""
+
+
 def condense_parser_error(message: str, parser=None, args=None) -> str:
     """jsonargparse's multi-line error as one line: the option, its class and what is wrong (with a suggestion)."""
     first = message.strip().splitlines()[0] if message.strip() else message
@@ -229,9 +262,8 @@ def condense_parser_error(message: str, parser=None, args=None) -> str:
         return f"--config: {config.group(1)}"
     if first.startswith("Problems parsing config"):
         detail = " ".join(message.strip().removeprefix("Problems parsing config").lstrip(" :").split())
-        files = [a for i, a in enumerate(args or []) if i and (args[i - 1] in ("--config", "-c"))]
         detail = detail.replace('in "<unicode string>", ', "at ")
-        return f"--config {' '.join(files)}: not valid YAML ({detail})".replace("--config :", "--config:")
+        return f"--config{_failing_config(args)}: not valid YAML ({detail})"
     keys, class_path, leaf = [], None, []
     for raw in message.splitlines():
         line = raw.strip()
@@ -263,6 +295,15 @@ def condense_parser_error(message: str, parser=None, args=None) -> str:
                 f"{_suggest(name, _class_arguments(class_path))}")
     if len(keys) > 1:  # a value of one of the class's arguments
         return f"{keys[0]}.init_args.{'.'.join(keys[1:])}: {what} ({class_path})"
+    missing = re.match(r"^module '([^']+)' has no attribute '([^']+)'$", what)
+    if missing:
+        try:
+            names = [n for n in dir(importlib.import_module(missing.group(1))) if not n.startswith("_")]
+        except Exception:  # noqa: BLE001 (only for a suggestion)
+            names = []
+        close = difflib.get_close_matches(missing.group(2), names, n=1, cutoff=0.6)
+        if close:
+            what += f" (did you mean {missing.group(1)}.{close[0]}?)"
     return f"{keys[0]}.class_path {class_path}: {what}"
 
 
@@ -289,7 +330,9 @@ def user_error_message(err: BaseException) -> str | None:
             return condense_parser_error(str(current))
         if not _raised_by_parser(current):
             if isinstance(current, USER_ERRORS):
-                return " ".join(str(current).split())  # one line
+                message = " ".join(str(current).split())  # one line
+                option = getattr(current, "litbert_option", None)
+                return f"{option}: {message}" if option and not message.startswith(option) else message
             return None
         nxt = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
         if nxt is None:  # the parser's own message (no cause to show)

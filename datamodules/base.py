@@ -107,16 +107,18 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def decode_text_file(path: Path, encoding: str = "utf-8") -> str:
-    """Read a whole text file; undecodable bytes raise DataFormatError with the line number."""
+def decode_text_file(path: Path, encoding: str = "utf-8", option: str | None = "data.init_args.encoding") -> str:
+    """Read a whole text file; undecodable bytes raise DataFormatError with the line number (and `option`, the
+    setting that names another encoding; None where the format fixes it, e.g. JSON)."""
     raw = path.read_bytes()
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
+        remedy = (f"set {option} if the file is not {encoding}" if option
+                  else f"the format requires {encoding}: convert the file")
         raise DataFormatError(
-            f"{path}, line {line}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding} "
-            f"(set the file encoding option if the file is not {encoding})"
+            f"{path}, line {line}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding} ({remedy})"
         ) from None
 
 

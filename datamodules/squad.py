@@ -23,8 +23,12 @@ EVAL_COLUMNS = TRAIN_COLUMNS + ["feature_index"]
 
 
 def load_squad_json(path: Path) -> dict:
+    text = decode_text_file(path, option=None)  # JSON is UTF-8
+    if not text.strip():
+        raise DataFormatError(f"{path}: the file is empty; expected SQuAD JSON (an object with a 'data' list of "
+                              f"articles)")
     try:
-        data = json.loads(decode_text_file(path))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
