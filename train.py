@@ -134,7 +134,8 @@ class LitBertCLI(LightningCLI):
         # so an empty or truncated one is one line naming it rather than torch's EOFError.
         subcommand = self.config.get("subcommand") if hasattr(self.config, "get") else None
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+        special = ckpt_path in ("last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:")
+        if ckpt_path and not special:
             check_checkpoint_file(ckpt_path, "--ckpt_path")
         try:
             super()._parse_ckpt_path()

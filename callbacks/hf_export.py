@@ -125,8 +125,8 @@ class HFExport(Callback):
         model = unwrap_model(pl_module.model)
         bad = non_finite_tensors(model.state_dict().items())
         if bad:  # a diverged run: never replace a good export with NaN weights
-            raise NonFiniteWeightsError(f"HFExport: not exporting {self.dirpath / name} ({reason}): the weights hold NaN "
-                                        f"or infinite values ({describe_names(bad)}); the previous export is kept")
+            raise NonFiniteWeightsError(f"HFExport: not exporting {self.dirpath / name} ({reason}): the weights hold "
+                                        f"NaN or infinite values ({describe_names(bad)}); the previous export is kept")
         info = pl_module.model_card_info() if hasattr(pl_module, "model_card_info") else {}
         card = render_model_card(
             model,

@@ -122,5 +122,5 @@ class StopOnNonFinite(Callback):
         if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
             raise NonFiniteWeightsError(
                 f"not writing a checkpoint at global step {trainer.global_step}: the weights hold NaN or infinite "
-                f"values ({describe_names(bad) or 'on another process'}); the checkpoints already written are kept. Lower the learning rate "
-                f"or clip gradients (--trainer.gradient_clip_val 1.0)")
+                f"values ({describe_names(bad) or 'on another process'}); the checkpoints already written are kept. "
+                f"Lower the learning rate or clip gradients (--trainer.gradient_clip_val 1.0)")
