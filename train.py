@@ -3,11 +3,33 @@
 LightningCLI in subclass mode: every config names its LightningModule (`model.class_path`) and DataModule
 (`data.class_path`). Facts only the data knows (number of labels, label names, vocabulary size, ...) are linked
 into the model once the DataModule is instantiated; a link whose target the chosen model lacks is skipped.
+
+Errors (`run`, what `python train.py` calls): bad input (a data file, a model or tokenizer directory, a checkpoint, a
+misspelt option, a wrong class_path, an unknown task, ...) is printed as `error: <the cause>` on one line, naming the
+file, line or option and what was expected, and the exit status is 2; a non-finite training loss stops the run with
+status 3 (callbacks/nonfinite.py); SIGTERM / Ctrl+C save a resumable checkpoint and exit 143 / 130
+(callbacks/preemption.py). `LITBERT_DEBUG=1` shows the full traceback instead. `main` raises, for use from Python.
+
+Checkpoints: a ModelCheckpoint without `dirpath` saves to `<trainer.default_root_dir>/checkpoints` (not to the
+logger's versioned folder), so `--ckpt_path last` finds the `last.ckpt` of the previous run with the same
+default_root_dir; `--ckpt_path last` with no such file, and a `--ckpt_path` file that is empty, truncated or not a
+checkpoint, are errors naming the file (Lightning would start from scratch, or fail deep in torch.load).
 """
+import argparse
+import difflib
+import importlib
 import inspect
+import os
+import pickle
+import re
+import sys
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from models.convert import CheckpointFileError, check_checkpoint_file
 
 # DataModule attribute -> LightningModule init argument (see docs/ARCHITECTURE.md, "Data facts").
 DATA_TO_MODEL_LINKS = ("task_name", "num_labels", "label_names", "is_regression", "vocab_size", "pad_token_id")
@@ -29,10 +51,13 @@ def accepted_arguments(class_type) -> set[str] | None:
 
 
 class _LinkFilteringInstantiator(_InstantiatorFn):
-    """Lightning's model instantiator, minus the linked data facts the chosen model class does not take.
+    """Lightning's model (and data) instantiator, minus the linked data facts the chosen class does not take, and
+    naming the option whose value an error of the constructor is about.
 
-    Without this, LightningCLI records every applied link in the model's hyperparameters, and `load_from_checkpoint`
-    or `--ckpt_path FILE` later pass e.g. `label_names` to an MLM module that has no such argument.
+    Without the filter, LightningCLI records every applied link in the model's hyperparameters, and
+    `load_from_checkpoint` or `--ckpt_path FILE` later pass e.g. `label_names` to an MLM module that has no such
+    argument. An error whose message holds the value of exactly one text argument (a missing teacher directory, an
+    unknown model or task name) is reported as `model.init_args.teacher: ...` (see `user_error_message`).
     """
 
     def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
@@ -43,11 +68,91 @@ class _LinkFilteringInstantiator(_InstantiatorFn):
             for key, value in applied_instantiation_links.items()
             if accepted is None or not key.startswith(prefix) or key[len(prefix):] in accepted
         }
-        return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
+        try:
+            return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
+        except (OSError, ValueError) as err:
+            named = [name for name, value in kwargs.items()
+                     if isinstance(value, (str, os.PathLike)) and len(str(value)) >= 3 and str(value) in str(err)]
+            if len(named) == 1 and not hasattr(err, "litbert_option"):
+                err.litbert_option = f"{prefix}{named[0]}"
+            raise
+
+
+class CommandLineError(ValueError):
+    """A command line or config file the parser refused (unknown option, wrong class_path, bad value)."""
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """`--ckpt_path last` with no last checkpoint to resume."""
+
+
+def default_checkpoint_dirs(trainer) -> list[str]:
+    """Give every ModelCheckpoint without `dirpath` the fixed `<default_root_dir>/checkpoints`; return the dirpaths."""
+    dirs = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if callback.dirpath is None:
+                root = str(trainer.default_root_dir)
+                directory = os.path.join(root, "checkpoints")
+                callback.dirpath = directory if "://" in root else os.path.realpath(directory)
+            dirs.append(str(callback.dirpath))
+    return dirs
+
+
+def resolve_last_checkpoint(trainer, subcommand: str) -> str:
+    """The newest `last*.ckpt` of the trainer's ModelCheckpoint callbacks, checked; else MissingCheckpointError."""
+    checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    candidates = {path for cb in checkpoints for path in cb._find_last_checkpoints(trainer) if os.path.isfile(path)}
+    if not candidates:
+        where = (f"in {', '.join(sorted({str(cb.dirpath) for cb in checkpoints}))}" if checkpoints
+                 else "(the config has no ModelCheckpoint callback)")
+        fresh = "start the run without --ckpt_path" if subcommand == "fit" else "give a checkpoint file"
+        raise MissingCheckpointError(
+            f"--ckpt_path last: no last checkpoint {where}; nothing was saved there yet, or the run used another "
+            f"--trainer.default_root_dir: {fresh}, or give the file (--ckpt_path PATH.ckpt)")
+    newest = max(candidates, key=os.path.getmtime)
+    check_checkpoint_file(newest, "--ckpt_path last ->")
+    return newest
 
 
 class LitBertCLI(LightningCLI):
-    """LightningCLI with litbert's defaults: TensorBoard under runs/, precision by hardware, data->model links."""
+    """LightningCLI with litbert's defaults: TensorBoard under runs/, precision by hardware, data->model links,
+    fixed checkpoint directories, checked `--ckpt_path`, and parser errors raised (see `run`) instead of printed."""
+
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("exit_on_error", False)  # `run` prints one line, not the whole usage
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            raise CommandLineError(condense_parser_error(str(err), parser, args)) from err
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyper-parameters here, before anything is built: check the file first,
+        # so an empty or truncated one is one line naming it rather than torch's EOFError.
+        subcommand = self.config.get("subcommand") if hasattr(self.config, "get") else None
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        special = ckpt_path in ("last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:")
+        if ckpt_path and not special:
+            check_checkpoint_file(ckpt_path, "--ckpt_path")
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            raise CheckpointFileError(f"--ckpt_path {ckpt_path}: cannot be read ({type(err).__name__}: "
+                                      f"{str(err).splitlines()[0] if str(err) else ''})") from err
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        default_checkpoint_dirs(trainer)
+        return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":  # Lightning would warn and start from scratch
+            kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer, subcommand)
+        return kwargs
 
     def _add_instantiators(self) -> None:
         super()._add_instantiators()
@@ -55,6 +160,12 @@ class LitBertCLI(LightningCLI):
             _LinkFilteringInstantiator(cli=self, key="model"),
             _get_module_type(self._model_class),
             subclasses=self.subclass_mode_model,
+            prepend=True,
+        )
+        self.parser.add_instantiator(
+            _LinkFilteringInstantiator(cli=self, key="data"),
+            _get_module_type(self._datamodule_class),
+            subclasses=self.subclass_mode_data,
             prepend=True,
         )
 
@@ -84,5 +195,181 @@ def main(args=None):
     )
 
 
+# ---- errors: one line for the user (`run`) ---------------------------------------------------------------------------
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+DEBUG_ENV = "LITBERT_DEBUG"
+
+# Causes reported as one line: bad input, options, files, models, checkpoints, and a diverged run.
+USER_ERRORS = (ValueError, OSError, MisconfigurationException, argparse.ArgumentError)
+_IGNORED_PARSER_LINES = re.compile(
+    r"^(Does not validate against any of the Union subtypes|Subtypes: |Errors:|- Expected a <class 'NoneType'>|"
+    r"Given value type: |Given value: )")
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _class_arguments(class_path: str) -> list[str]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except Exception:  # noqa: BLE001 (only for a suggestion)
+        return []
+
+
+def _parser_options(parser, args) -> list[str]:
+    """The option strings of the subcommand being parsed (for suggestions)."""
+    options = []
+    action = getattr(parser, "_subcommands_action", None)
+    parsers = list(getattr(action, "_name_parser_map", {}).items()) if action is not None else []
+    args = list(args or sys.argv[1:])
+    for name, subparser in parsers or [(None, parser)]:
+        if name is None or name in args:
+            options += [o for o in getattr(subparser, "_option_string_actions", {}) if o.startswith("--")]
+    return options
+
+
+def _failing_config(args) -> str:
+    """' FILE' for the first `--config FILE` of `args` that is not valid YAML ('' when none can be told)."""
+    import yaml
+
+    args = [str(a) for a in (args or sys.argv[1:])]
+    files = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    files += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    for name in files:
+        try:
+            yaml.safe_load(open(name, encoding="utf-8").read())
+        except yaml.YAMLError:
+            return f" {name}"
+        except OSError:
+            continue
+    return ""
+
+
+def condense_parser_error(message: str, parser=None, args=None) -> str:
+    """jsonargparse's multi-line error as one line: the option, its class and what is wrong (with a suggestion)."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    unrecognized = re.match(r"^unrecognized arguments: (.*)$", first)
+    if unrecognized:
+        words = [w for w in unrecognized.group(1).split() if w.startswith("-")]
+        option = words[0].split("=")[0] if words else unrecognized.group(1)
+        return (f"unknown option {option}{_suggest(option, _parser_options(parser, args))}; "
+                f"`python train.py fit --help` lists the options")
+    config = re.match(r'^Parser key "config": (.*)$', first)
+    if config:
+        return f"--config: {config.group(1)}"
+    if first.startswith("Problems parsing config"):
+        detail = " ".join(message.strip().removeprefix("Problems parsing config").lstrip(" :").split())
+        detail = detail.replace('in "<unicode string>", ', "at ")
+        return f"--config{_failing_config(args)}: not valid YAML ({detail})"
+    keys, class_path, leaf = [], None, []
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line or _IGNORED_PARSER_LINES.match(line):
+            continue
+        key = re.match(r'^(?:- )?Parser key "([^"]+)":\s*(.*)$', line)
+        if key:
+            keys.append(key.group(1))
+            if key.group(2):
+                leaf.append(key.group(2))
+            continue
+        problem = re.match(r"^- Problem with given class_path '([^']+)':\s*(.*)$", line)
+        if problem:
+            class_path = problem.group(1)
+            if problem.group(2):
+                leaf.append(problem.group(2))
+            continue
+        leaf.append(line.removeprefix("- "))
+    if not keys:
+        return " ".join(leaf) or first
+    what = "; ".join(leaf)
+    if class_path is None:
+        return f"{keys[0]}: {what}"
+    not_accepted = re.match(r"^Option '([^']+)' is not accepted$", what)
+    if not_accepted:
+        name = not_accepted.group(1)
+        option = f"{keys[0]}.init_args.{name}"
+        return (f"unknown option {option}: {class_path} has no argument {name!r}"
+                f"{_suggest(name, _class_arguments(class_path))}")
+    if len(keys) > 1:  # a value of one of the class's arguments
+        return f"{keys[0]}.init_args.{'.'.join(keys[1:])}: {what} ({class_path})"
+    missing = re.match(r"^module '([^']+)' has no attribute '([^']+)'$", what)
+    if missing:
+        try:
+            names = [n for n in dir(importlib.import_module(missing.group(1))) if not n.startswith("_")]
+        except Exception:  # noqa: BLE001 (only for a suggestion)
+            names = []
+        close = difflib.get_close_matches(missing.group(2), names, n=1, cutoff=0.6)
+        if close:
+            what += f" (did you mean {missing.group(1)}.{close[0]}?)"
+    return f"{keys[0]}.class_path {class_path}: {what}"
+
+
+def _raised_by_parser(err: BaseException) -> bool:
+    """jsonargparse re-raises an error of a class's __init__ wrapped in its own ValueError: look through those."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return bool(frames) and f"{os.sep}jsonargparse{os.sep}" in frames[-1]
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message `run` prints for `err`, or None when it is not bad input (a bug: show the traceback)."""
+    from callbacks.nonfinite import NonFiniteLossError, NonFiniteWeightsError
+
+    seen, current = set(), err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (NonFiniteLossError, NonFiniteWeightsError)):
+            return str(current)
+        if isinstance(current, argparse.ArgumentError):
+            return condense_parser_error(str(current))
+        if not _raised_by_parser(current):
+            if isinstance(current, USER_ERRORS):
+                message = " ".join(str(current).split())  # one line
+                option = getattr(current, "litbert_option", None)
+                return f"{option}: {message}" if option and not message.startswith(option) else message
+            return None
+        nxt = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        if nxt is None:  # the parser's own message (no cause to show)
+            return condense_parser_error(str(current))
+        current = nxt
+    return None
+
+
+def exit_status(err: BaseException) -> int:
+    from callbacks.nonfinite import NonFiniteLossError, NonFiniteWeightsError
+
+    chain, current = [], err
+    while current is not None and len(chain) < 20:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return EXIT_NON_FINITE if any(isinstance(e, (NonFiniteLossError, NonFiniteWeightsError)) for e in chain) \
+        else EXIT_BAD_INPUT
+
+
+def run(args=None) -> int:
+    """`python train.py ...`: `main`, with bad input reported as one line (`error: ...`) and a non-zero status."""
+    debug = os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+    try:
+        main(args)
+    except KeyboardInterrupt:  # outside fit (Lightning handles it inside): e.g. while tokenizing
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 (anything that is not bad input is re-raised with its traceback)
+        message = None if debug else user_error_message(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        print(f"(set {DEBUG_ENV}=1 for the full traceback)", file=sys.stderr)
+        return exit_status(err)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -1,7 +1,8 @@
 """HFExport: write the trained model as a Hugging Face directory that loads with `transformers` as it is.
 
 Each export is `save_pretrained` weights (safetensors) + config, the DataModule's tokenizer and a model card README.md,
-written atomically (temporary directory, then rename) by `models.convert.save_export`:
+written atomically (temporary directory, then rename) by `models.convert.save_export`, and never with NaN or
+infinite weights (`NonFiniteWeightsError`: the previous export is kept):
 
     <dirpath>/best      the best checkpoint by `monitor` (checked after every validation)
     <dirpath>/last      the model at the end of fit
@@ -23,6 +24,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from callbacks.nonfinite import NonFiniteWeightsError, describe_names, non_finite_tensors
 from lightning_modules.hf_checkpoint import unwrap_model
 from models.convert import push_export_to_hub, save_export
 from models.model_card import render_model_card
@@ -120,8 +122,12 @@ class HFExport(Callback):
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is None:
             rank_zero_warn("HFExport: the DataModule has no `tokenizer`; the export will have no tokenizer files")
-        info = pl_module.model_card_info() if hasattr(pl_module, "model_card_info") else {}
         model = unwrap_model(pl_module.model)
+        bad = non_finite_tensors(model.state_dict().items())
+        if bad:  # a diverged run: never replace a good export with NaN weights
+            raise NonFiniteWeightsError(f"HFExport: not exporting {self.dirpath / name} ({reason}): the weights hold "
+                                        f"NaN or infinite values ({describe_names(bad)}); the previous export is kept")
+        info = pl_module.model_card_info() if hasattr(pl_module, "model_card_info") else {}
         card = render_model_card(
             model,
             info,

@@ -108,18 +108,23 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def undecodable(path: Path, line: int, raw: bytes, encoding: str) -> DataFormatError:
-    return DataFormatError(f"{path}, line {line}: bytes {raw!r} cannot be decoded as {encoding} "
-                           f"(set the DataModule's `encoding` option if the file is not {encoding})")
+def undecodable(path: Path, line: int, raw: bytes, encoding: str,
+                option: str | None = "data.init_args.encoding") -> DataFormatError:
+    """The error for bytes that do not decode; `option` is the setting that names another encoding (None where the
+    format fixes it, e.g. JSON)."""
+    remedy = (f"set {option} if the file is not {encoding}" if option
+              else f"the format requires {encoding}: convert the file")
+    return DataFormatError(f"{path}, line {line}: bytes {raw!r} cannot be decoded as {encoding} ({remedy})")
 
 
-def decode_text_file(path: Path, encoding: str = "utf-8") -> str:
-    """Read a whole text file; undecodable bytes raise DataFormatError with the line number."""
+def decode_text_file(path: Path, encoding: str = "utf-8", option: str | None = "data.init_args.encoding") -> str:
+    """Read a whole text file; undecodable bytes raise DataFormatError with the line number (see `undecodable`)."""
     raw = path.read_bytes()
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as err:
-        raise undecodable(path, raw[: err.start].count(b"\n") + 1, raw[err.start:err.end], encoding) from None
+        line = raw[: err.start].count(b"\n") + 1
+        raise undecodable(path, line, raw[err.start:err.end], encoding, option) from None
 
 
 def iter_decoded_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -181,7 +186,8 @@ class Table:
             if column not in self.header:
                 if not required:
                     return None
-                raise DataFormatError(f"{self.path}, line 1: missing column {column!r}; the header has {self.header}")
+                raise DataFormatError(f"{self.path}, line 1: missing column {column!r}; the header has {self.header}"
+                                      f"{delimiter_hint(self.header, self.path)}")
             index = self.header.index(column)
         else:
             index = int(column)
@@ -217,6 +223,18 @@ def file_format(path: Path) -> str:
                           f"expected .tsv, .csv, .jsonl or .json (JSON lines)")
 
 
+def delimiter_hint(cells: list[str], path: Path) -> str:
+    """A hint when a line read as one column holds another delimiter (a CSV saved as .tsv, or the reverse)."""
+    if len(cells) != 1:
+        return ""
+    expected = "tab" if file_format(path) == "tsv" else "comma"
+    for mark, name in (("\t", "tab"), (",", "comma"), (";", "semicolon"), ("|", "pipe")):
+        if name != expected and mark in cells[0]:
+            return (f" (a single column: the line looks {name}-separated, but {path.suffix} files are read "
+                    f"{expected}-separated; rename the file or convert it)")
+    return ""
+
+
 def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Table:
     """Read a TSV (quoting off), CSV or JSON-lines file; every row must have as many columns as the first line.
 
@@ -225,6 +243,8 @@ def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Tabl
     fmt = file_format(path)
     if fmt == "jsonl":
         numbered = list(iter_json_records(path, encoding))
+        if not numbered:
+            raise DataFormatError(f"{path}: the file is empty; expected one JSON object per line")
         return Table(path, None, [r for _, r in numbered], [n for n, _ in numbered], is_json=True)
     text = decode_text_file(path, encoding).removeprefix("\ufeff")
 
@@ -239,17 +259,23 @@ def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Tabl
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if width is None:
-                width = len(row)
+                width, first_cells = len(row), row
                 if header:
                     table_header = row
                     continue
             if len(row) != width:
                 raise DataFormatError(f"{path}, line {reader.line_num}: expected {width} {kind} columns "
-                                      f"(as in the {'header' if header else 'first line'}), found {len(row)}")
+                                      f"(as in the {'header' if header else 'first line'}), found {len(row)}"
+                                      f"{delimiter_hint(first_cells if width == 1 else row, path)}")
             rows.append(row)
             lines.append(reader.line_num)
     except csv.Error as err:
         raise DataFormatError(f"{path}, line {reader.line_num}: malformed {fmt.upper()} ({err})") from None
+    if width is None:
+        raise DataFormatError(f"{path}: the file is empty; expected {'a header line, then ' if header else ''}rows of "
+                              f"{kind} columns")
+    if not rows:
+        raise DataFormatError(f"{path}: only a header line {table_header}, no rows")
     return Table(path, table_header, rows, lines)
 
 
@@ -286,6 +312,9 @@ class LitBertDataModule(pl.LightningDataModule):
         super().__init__()
         if max_seq_length < 8:
             raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.init_args.{name} must be a positive number of examples per batch, got {value}")
         self.tokenizer_name = tokenizer
         self.tokenizer = load_tokenizer(tokenizer)
         if not self.tokenizer.is_fast:

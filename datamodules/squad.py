@@ -23,8 +23,12 @@ EVAL_COLUMNS = TRAIN_COLUMNS + ["feature_index"]
 
 
 def load_squad_json(path: Path) -> dict:
+    text = decode_text_file(path, option=None)  # JSON is UTF-8
+    if not text.strip():
+        raise DataFormatError(f"{path}: the file is empty; expected SQuAD JSON (an object with a 'data' list of "
+                              f"articles)")
     try:
-        data = json.loads(decode_text_file(path))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -40,11 +44,41 @@ def is_squad_v2(data: dict) -> bool:
                for qa in p.get("qas", ()))
 
 
+def align_answer(context: str, text: str, start: int) -> tuple[str, int] | None:
+    """(text, answer_start) of an answer whose `answer_start` points at `text` in `context`, or None.
+
+    Tolerated, as real SQuAD-format files have it: leading/trailing whitespace in the answer text, and an
+    `answer_start` on the whitespace just before the answer; the answer is then its stripped text at the position where
+    it really starts. Anything else is a mismatch (None).
+    """
+    if 0 <= start and context[start:start + len(text)] == text:
+        return text, start
+    stripped = text.strip()
+    if not stripped or start < 0:
+        return None
+    after_space = start
+    while after_space < len(context) and context[after_space].isspace():
+        after_space += 1
+    for candidate in (after_space, start + len(text) - len(text.lstrip())):
+        if context[candidate:candidate + len(stripped)] == stripped:
+            return stripped, candidate
+    return None
+
+
+def answer_mismatch(path: Path, qid: str, where: str, context: str, text: str, start: int) -> DataFormatError:
+    """The error for an answer whose `answer_start` does not point at its text: both spans, and where the text is."""
+    found = context.find(text.strip()) if text.strip() else -1
+    hint = (f"the text occurs at character {found}" if found >= 0 else "the text does not occur in the context")
+    return DataFormatError(f"{path}: question {qid!r} ({where}): answer text {text!r} does not match the context at "
+                           f"answer_start {start}, which reads {context[start:start + len(text)]!r}; {hint}")
+
+
 def read_squad_examples(path: Path, data: dict, articles: list[int] | None) -> dict:
     """Columns (one row per question) of the articles `articles = [start, end)` (None: all).
 
     id, title, question, context, answers (`{"text": [...], "answer_start": [...]}`, as in the hub's `squad`),
-    is_impossible (v2.0's flag, or no gold answer).
+    is_impossible (v2.0's flag, or no gold answer). Each answer's `answer_start` must point at its text
+    (`align_answer`: whitespace offsets are corrected, any other mismatch is a DataFormatError naming the question).
     """
     n_articles = len(data["data"])
     if articles is not None and len(articles) != 2:
@@ -63,7 +97,13 @@ def read_squad_examples(path: Path, data: dict, articles: list[int] | None) -> d
                 context = paragraph["context"]
                 for q, qa in enumerate(paragraph["qas"]):
                     where = f"data[{a}].paragraphs[{p}].qas[{q}]"
-                    answers = qa["answers"]
+                    answers = []
+                    for ans in qa["answers"]:
+                        text, start = ans["text"], int(ans["answer_start"])
+                        aligned = align_answer(context, text, start)
+                        if aligned is None:
+                            raise answer_mismatch(path, str(qa["id"]), where, context, text, start)
+                        answers.append({"text": aligned[0], "answer_start": aligned[1]})
                     columns["id"].append(str(qa["id"]))
                     columns["title"].append(str(article.get("title", "")))
                     columns["question"].append(qa["question"])
@@ -71,6 +111,8 @@ def read_squad_examples(path: Path, data: dict, articles: list[int] | None) -> d
                     columns["answers"].append({"text": [ans["text"] for ans in answers],
                                                "answer_start": [int(ans["answer_start"]) for ans in answers]})
                     columns["is_impossible"].append(bool(qa.get("is_impossible", False)) or not answers)
+        except DataFormatError:
+            raise
         except (KeyError, TypeError, ValueError) as err:
             raise DataFormatError(f"{path}: {where} is malformed ({type(err).__name__}: {err}); expected SQuAD "
                                   f"format (paragraphs -> context + qas -> id, question, answers)") from None

@@ -31,7 +31,7 @@ from lightning_modules.mlm import MaskedLMModule, batch_size
 from lightning_modules.throughput import FlopsPerBatchMixin
 from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, split_masked_lm
-from models.pretrained import load_pretrained
+from models.pretrained import check_input_length, load_pretrained
 from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
 
 KL_POSITIONS = ("all", "masked")
@@ -124,12 +124,21 @@ class DistillationMixin(FlopsPerBatchMixin):
         super().on_train_epoch_start()
         self.teacher.eval()
 
+    def input_option(self) -> str:
+        """The option that chose the student (`self.model`), named by the checks in `setup`."""
+        if self.student_path is not None:
+            return f"model.init_args.student={self.student_path}"
+        return f"model.init_args.teacher={self.teacher_path}"
+
     def setup(self, stage: str) -> None:
-        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:  # before training starts: the data must speak the teacher's vocabulary
             check_shared_vocabulary(self.teacher, self.model, self.teacher_path, self.student_path, tokenizer)
+        # the teacher reads the same inputs as the student (checked by the parent's setup)
+        check_input_length(self.teacher, getattr(datamodule, "max_seq_length", None),
+                           f"model.init_args.teacher={self.teacher_path}")
+        super().setup(stage)
 
     # ---- shared pieces of the loss ---------------------------------------------------------------------------------
     def cosine_term(self, student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],

@@ -23,7 +23,7 @@ from evaluation.writers import glue_submission_filename, write_glue_predictions
 from lightning_modules.distributed import log_epoch_means, true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
-from models.pretrained import load_pretrained
+from models.pretrained import check_data_fits_model, load_pretrained
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Every data fact train.py links into the model (train.DATA_TO_MODEL_LINKS), kept out of hparams (see __init__).
@@ -86,6 +86,16 @@ class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
         self.task_name = task_name
         self.output_dir = output_dir
         self.final_metrics: dict[str, float] = {}  # the last evaluation's figures (for the model card)
+
+    def input_option(self) -> str:
+        """The option that chose `self.model`, named by the checks in `setup`."""
+        return f"model.init_args.pretrained={self.pretrained}"
+
+    def setup(self, stage: str) -> None:
+        # Before the first batch: inputs longer than the model's positions, or token ids beyond its embeddings,
+        # would otherwise fail deep inside the model ("index out of range").
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        check_data_fits_model(self.model, datamodule, self.input_option())
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -30,6 +30,7 @@ from lightning_modules.optim import configure_adamw_with_warmup
 from lightning_modules.throughput import FlopsPerBatchMixin
 from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, build_masked_lm, sparse_mlm_logits
+from models.pretrained import check_data_fits_model, max_input_length
 
 
 def batch_size(batch: dict) -> int:
@@ -102,20 +103,21 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
     # ---- checks that need the DataModule ---------------------------------------------------------------------------
     def max_input_length(self) -> int:
         """Longest input the position embeddings cover (RoBERTa's positions start at pad_token_id + 1)."""
-        config = self.model.config
-        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-            return config.max_position_embeddings - config.pad_token_id - 1
-        return config.max_position_embeddings
+        return max_input_length(self.model.config)
+
+    def input_option(self) -> str:
+        """The option that decided the model's size, named by the checks in `setup`."""
+        pretrained = self.hparams.get("pretrained")
+        if pretrained:
+            return f"model.init_args.pretrained={pretrained}"
+        return f"model.init_args.max_seq_length={self.hparams.get('max_seq_length')}"
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_length = getattr(datamodule, "max_seq_length", None)
-        if data_length is not None and data_length > self.max_input_length():
-            raise ValueError(
-                f"data.init_args.max_seq_length={data_length} exceeds what the model's position embeddings cover "
-                f"({self.max_input_length()}): raise model.init_args.max_seq_length (models built from a size) or "
-                f"lower the data's max_seq_length"
-            )
+        built = self.hparams.get("pretrained") is None and "max_seq_length" in self.hparams
+        remedy = (f"raise model.init_args.max_seq_length or lower data.init_args.max_seq_length to at most "
+                  f"{self.max_input_length()}") if built else None
+        check_data_fits_model(self.model, datamodule, self.input_option(), remedy)
 
     # ---- forward -----------------------------------------------------------------------------------------------
     def masked_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

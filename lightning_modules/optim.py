@@ -3,12 +3,18 @@
 AdamW with two parameter groups (no weight decay on biases and LayerNorm weights, as in BERT/RoBERTa), and a linear
 warmup followed by a linear decay to zero, stepped once per optimiser step (not per epoch, which is what
 LightningCLI's automatic --lr_scheduler would do).
+
+The schedule's plan (total and warmup optimiser steps) is part of its state in the checkpoint. A run resumed with a
+different plan (a larger `trainer.max_steps` or `max_epochs`, another `limit_train_batches` or number of devices)
+is refused with `ScheduleMismatchError` before its first step: the learning rate would otherwise jump to the new
+plan's value while the step counter (and the temperature schedule of a distillation run, which keeps the plan of
+its checkpoint) continue the old one. `max_time` is not part of the plan: extend a time-capped run freely.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR
 
 NO_DECAY_NORMS = (nn.LayerNorm,)
 
@@ -44,6 +50,44 @@ def resolve_warmup_steps(total_steps: int, warmup_steps: int | None = None, warm
     return 0
 
 
+class ScheduleMismatchError(ValueError):
+    """Resuming a checkpoint whose learning-rate schedule was planned for another number of optimiser steps."""
+
+
+class LinearWarmupDecay(LambdaLR):
+    """Linear warmup from 0 to the peak over `warmup_steps`, then linear decay to 0 at `total_steps` (the schedule of
+    `transformers.get_linear_schedule_with_warmup`), with the plan kept in `state_dict` and checked on load."""
+
+    def __init__(self, optimizer, warmup_steps: int, total_steps: int, last_epoch: int = -1):
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+        super().__init__(optimizer, self._factor, last_epoch=last_epoch)
+
+    def _factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return step / max(1, self.warmup_steps)
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["lr_lambdas"] = [None] * len(self.lr_lambdas)  # the plan below is the schedule; nothing else to keep
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        planned = (state_dict.get("total_steps"), state_dict.get("warmup_steps"))
+        if planned[0] is not None and planned != (self.total_steps, self.warmup_steps):
+            raise ScheduleMismatchError(
+                f"cannot resume: the checkpoint's learning-rate schedule was planned for {planned[0]} optimiser steps "
+                f"(warmup {planned[1]}), this run plans {self.total_steps} (warmup {self.warmup_steps}); resuming "
+                f"would make the learning rate jump. Resume with the original length (--trainer.max_steps "
+                f"{planned[0]}, or the original max_epochs, limit_train_batches, accumulate_grad_batches and "
+                f"devices), or train longer as a new run that starts from the checkpoint's weights (its export, "
+                f"as model.init_args.pretrained) with a schedule of its own")
+        state = dict(state_dict)
+        state.pop("lr_lambdas", None)
+        state.update(total_steps=self.total_steps, warmup_steps=self.warmup_steps)
+        self.__dict__.update(state)
+
+
 def configure_adamw_with_warmup(
     module,
     model: nn.Module | None = None,
@@ -67,5 +111,5 @@ def configure_adamw_with_warmup(
         raise ValueError("cannot schedule the learning rate: set trainer.max_steps or trainer.max_epochs")
     optimizer = torch.optim.AdamW(weight_decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
     warmup = resolve_warmup_steps(total_steps, warmup_steps, warmup_ratio)
-    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    scheduler = LinearWarmupDecay(optimizer, warmup_steps=warmup, total_steps=total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

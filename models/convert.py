@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import shutil
+import socket
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,16 +63,69 @@ def auto_class(name: str):
 
 
 # ---- atomic export directory -----------------------------------------------------------------------------------------
+# `.{name}.tmp-{pid}@{host}-{8 hex}` (the directory being written) and `.{name}.old-{pid}@{host}-{8 hex}` (the previous
+# target, moved out of the way for the rename). Older versions wrote no `@{host}`.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:@(?P<host>.+))?-(?P<uid>[0-9a-f]{8})$")
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove what `atomic_directory` left in `directory` when its process was killed; return what was removed.
+
+    A temporary is stale when it was made on this machine by a process that no longer runs (a temporary of another
+    machine sharing the folder, or of a live process, is left alone). A stale `.{name}.old-*` is the previous good
+    `name` that a killed process had moved aside just before renaming its new one in: it is moved back when `name`
+    is missing, else removed.
+    """
+    directory = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    host = _host()
+    for path in entries:
+        match = _TEMPORARY.match(path.name)
+        if match is None or (match["host"] or host) != host or _pid_alive(int(match["pid"])):
+            continue
+        target = directory / match["name"]
+        try:
+            if match["kind"] == "old" and not target.exists():
+                path.rename(target)  # the previous good directory comes back
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+        except FileNotFoundError:  # another process cleaned it up first
+            pass
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `target`; on success it replaces `target` by renames.
 
     If the body raises, the temporary directory is removed and an existing `target` (a previous good export) is left
     untouched. Replacing an existing directory takes two renames (old out of the way, new in), never a partial copy.
+    Temporaries that killed processes left next to `target` (exports, cache entries) are removed first
+    (`remove_stale_temporaries`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale_temporaries(target.parent)
+    tag = f"{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}"
     tmp = target.parent / f".{target.name}.tmp-{tag}"
     tmp.mkdir()
     try:
@@ -112,12 +169,49 @@ def make_shareable(directory: Path) -> None:
 
 
 # ---- Lightning .ckpt -> Hugging Face model ---------------------------------------------------------------------------
+class CheckpointFileError(ValueError):
+    """A `.ckpt` that cannot be a checkpoint: empty, truncated, or another kind of file."""
+
+
+def check_checkpoint_file(path: str | os.PathLike, option: str = "checkpoint") -> Path:
+    """Cheap check (no loading) that `path` holds a `torch.save` checkpoint, before anything is built from it.
+
+    `torch.save` writes a zip archive with a `data.pkl` record and its directory at the end of the file, so an empty
+    file, a truncated one (a process killed while writing it) or an unrelated file fails here with one line naming it;
+    torch's own errors (`EOFError`, "failed finding central directory") do not name the file. A directory (a sharded
+    FSDP/DeepSpeed checkpoint) and a remote URL are left to their loaders.
+    """
+    path = Path(path)
+    if "://" in str(path):
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{option} {path}: no such file")
+    if path.is_dir():
+        return path
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointFileError(f"{option} {path}: the file is empty (0 bytes), not a checkpoint; it was probably "
+                                  f"cut short by a killed process: use an earlier checkpoint")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointFileError(f"{option} {path}: not a readable PyTorch checkpoint ({size} bytes, {err}); it is "
+                                  f"truncated (a killed process) or another kind of file: use an earlier "
+                                  f"checkpoint") from None
+    if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        raise CheckpointFileError(f"{option} {path}: a zip archive without torch.save's data.pkl, not a PyTorch "
+                                  f"checkpoint")
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a Lightning `.ckpt` on the CPU. It is a pickle: only open checkpoints you trust."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    path = check_checkpoint_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointFileError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
 
 
 def hf_model_from_checkpoint(checkpoint: dict[str, Any], prefix: str = "model.", source: str = "checkpoint"):

@@ -85,13 +85,13 @@ def resolve_layer_map(num_teacher_layers: int, layers: Sequence[int] | None = No
         return default_layer_map(num_teacher_layers)
     layers = [int(i) for i in layers]
     if not layers:
-        raise ValueError("student layers: the list is empty; give at least one teacher layer index")
+        raise ValueError("student_layers: the list is empty; give at least one teacher layer index")
     bad = [i for i in layers if not 0 <= i < num_teacher_layers]
     if bad:
-        raise ValueError(f"student layers {layers}: indices {bad} are outside the teacher's "
+        raise ValueError(f"student_layers {layers}: indices {bad} are outside the teacher's layers "
                          f"0..{num_teacher_layers - 1}")
     if len(set(layers)) != len(layers):
-        raise ValueError(f"student layers {layers}: each teacher layer may be used once")
+        raise ValueError(f"student_layers {layers}: each teacher layer may be used once")
     return layers
 
 

@@ -1,5 +1,8 @@
 """Arguments every in-process `train.main` test run shares."""
+import os
 from pathlib import Path
+
+from lightning.pytorch import Callback
 
 
 def quiet_run_args(tmp_path: Path) -> list[str]:
@@ -12,3 +15,19 @@ def model_data_args(data_dir: Path, model_dir: Path) -> list[str]:
     """Data read from the fixture `data_dir`; model and tokenizer from the same tiny model directory."""
     return [f"--data.init_args.data_dir={data_dir}", f"--data.init_args.tokenizer={model_dir}",
             f"--model.init_args.pretrained={model_dir}"]
+
+
+
+class SignalAt(Callback):
+    """A callback (`--trainer.callbacks+=tests.cli.SignalAt`) that sends `signum` to this process once training reaches
+    optimiser step `step`, as a scheduler preempting the job (SIGTERM, 15) or a Ctrl+C (SIGINT, 2) would; `times`
+    signals at once (two Ctrl+C: abort)."""
+
+    def __init__(self, step: int = 2, signum: int = 15, times: int = 1):
+        self.step, self.signum, self.times, self.sent = step, signum, times, False
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)

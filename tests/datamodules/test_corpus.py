@@ -161,7 +161,7 @@ def test_encoding_errors_name_the_line(text_dm, tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("caf\u00e9 one\n\nna\u00efve two\n".encode("latin-1"))
     with pytest.raises(DataFormatError, match=r"latin.txt, line 1: bytes b'\\xe9' cannot be decoded as utf-8 "
-                                              r"\(set the DataModule's `encoding` option"):
+                                              r"\(set data.init_args.encoding if the file is not utf-8\)"):
         text_dm(val_files=[str(path)]).setup("validate")
     dm = text_dm(val_files=[str(path)], encoding="latin-1", drop_last_block=False, max_seq_length=8)
     dm.setup("validate")

@@ -86,12 +86,24 @@ def test_cos_layer_options():
         resolve_cos_pairs([[1, 2, 3]], None)
 
 
-def fit(m, tmp_path, max_steps, batches, ckpt_path=None):
+class _StopAt(pl.Callback):
+    """Stop the fit after optimiser step `step`, as an interrupted run (its schedules planned for max_steps)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def fit(m, tmp_path, max_steps, batches, ckpt_path=None, stop_at=None):
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
                          callbacks=[TemperatureAnnealing("linear", t_start=4.0, t_end=1.0, total=8),
                                     pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="step{step}",
-                                                                 every_n_train_steps=4, save_top_k=-1)])
+                                                                 every_n_train_steps=4, save_top_k=-1),
+                                    *([_StopAt(stop_at)] if stop_at else [])])
     trainer.fit(m, loader(batches), ckpt_path=ckpt_path)
     return trainer
 
@@ -101,7 +113,7 @@ def test_teacher_frozen_out_of_the_checkpoint_and_temperature_resumed(tiny_bert_
     m = module(tiny_bert_dir)
     teacher_before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
     student_before = m.model.distilbert.transformer.layer[0].ffn.lin1.weight.clone()
-    fit(m, tmp_path, 4, batches)
+    fit(m, tmp_path, 8, batches + batches, stop_at=4)  # a resume keeps the plan: max_steps 8 both times
     assert not m.teacher.training and m.model.training  # .train() by Lightning left the teacher in eval mode
     assert all(torch.equal(v, teacher_before[k]) for k, v in m.teacher.state_dict().items())
     assert not torch.equal(student_before, m.model.distilbert.transformer.layer[0].ffn.lin1.weight)

@@ -128,8 +128,12 @@ def test_sparse_and_dense_training_steps_agree(blocks):
 
 def test_checkpoint_resume_and_hf_metadata(tmp_path, blocks):
     module = MaskedLMModule(vocab_size=blocks.vocab_size, pad_token_id=blocks.pad_token_id, warmup_steps=1, **TINY)
-    t = trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, check_val_every_n_epoch=None)
+    stop_at_3 = pl.callbacks.LambdaCallback(  # an interrupted run: the resume keeps its schedule plan (max_steps 5)
+        on_train_batch_end=lambda trainer, *args: setattr(trainer, "should_stop", trainer.global_step >= 3))
+    t = trainer(tmp_path, max_steps=5, limit_val_batches=1, val_check_interval=3, check_val_every_n_epoch=None,
+                callbacks=[stop_at_3])
     t.fit(module, datamodule=blocks)
+    assert t.global_step == 3
     path = tmp_path / "mlm.ckpt"
     t.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)

@@ -80,9 +80,13 @@ def test_every_recipe_switch_runs(fixture_args):
 def test_resume_from_last_checkpoint_continues_the_step_counter(fixture_args, tmp_path):
     common = ["--config", str(CONFIGS / "roberta_small.yaml"), *fixture_args, "--trainer.limit_val_batches", "1",
               "--trainer.val_check_interval", "2"]
-    first = train.main(args=["fit", *common, "--trainer.max_steps", "2"])
+    # stopped at step 2 of 4 as a preempted job is (SIGTERM: PreemptionCheckpoint saves last.ckpt, exit 143)
+    with pytest.raises(SystemExit) as stopped:
+        train.main(args=["fit", *common, "--trainer.max_steps", "4", "--trainer.callbacks+=tests.cli.SignalAt",
+                         "--trainer.callbacks.init_args.step=2"])
     last = tmp_path / "artifacts" / "mlm" / "roberta_small" / "checkpoints" / "last.ckpt"  # the config's dirpath
-    assert first.trainer.global_step == 2 and last.is_file()
+    assert stopped.value.code == 143 and last.is_file()
+    # the same plan (max_steps 4) resumes; another one is refused (lightning_modules/optim.py, tests/test_reliability.py)
     resumed = train.main(args=["fit", *common, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     assert resumed.trainer.global_step == 4
     assert resumed.trainer.ckpt_path == str(last)
