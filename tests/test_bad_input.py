@@ -290,8 +290,8 @@ def non_utf8_text_corpus(env):
     data = TextCorpusDataModule(str(env.bpe), data_dir=str(env.data), cache_dir=str(env.tmp / "cache"),
                                 val_files=[str(path)], max_seq_length=32, batch_size=4)
     return (raised(lambda: data.setup("validate")),
-            f"{path}, line 3: bytes b'\\xe9' cannot be decoded as utf-8 (set the DataModule's `encoding` option if the "
-            f"file is not utf-8)")
+            f"{path}, line 3: bytes b'\\xe9' cannot be decoded as utf-8 (set data.init_args.encoding if the file is not "
+            f"utf-8)")
 
 
 def json_lines_syntax_error(env):
