@@ -27,6 +27,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from datamodules.loaders import ResumableDataLoader
 from datamodules.samplers import DistributedEvalSampler, DistributedTrainSampler
 from models.pretrained import load_tokenizer
 
@@ -428,14 +429,47 @@ class LitBertDataModule(pl.LightningDataModule):
             sampler = DistributedEvalSampler(len(dataset), num_replicas=world, rank=rank)
         if "length" in dataset.column_names:
             dataset = dataset.remove_columns("length")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        if not train:
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
+                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return self.resumable(ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                                  collate_fn=self.collator, num_workers=self.num_workers,
+                                                  persistent_workers=self.num_workers > 0))
+
+    # ---- the training loader's position in checkpoints (datamodules/loaders.py) ----------------------------------
+    def resumable(self, loader: ResumableDataLoader) -> ResumableDataLoader:
+        """Remember `loader` as the training loader, at the position a restored checkpoint holds (if any)."""
+        pending = getattr(self, "_train_loader_state", None)
+        if pending is not None:
+            loader.load_state_dict(pending)
+            self._train_loader_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict:
+        """Lightning stores this in every checkpoint: the training loader's position on every rank."""
+        loader = getattr(self, "_train_loader", None)
+        if loader is None:
+            return {}
+        state = loader.state_dict()
+        world, rank, _ = self.distributed_context()
+        if world > 1:  # each rank reads its own shard (streaming: its own position); rank 0 writes the checkpoint
+            import torch.distributed as dist
+
+            states = [None] * world
+            dist.all_gather_object(states, state)
+            return {"train_loader": states}
+        return {"train_loader": [state]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Keep this rank's saved loader position for the training loader made next (`resumable`)."""
+        states = state_dict.get("train_loader")
+        if states:
+            world, rank, _ = self.distributed_context()
+            if len(states) != world:
+                raise ValueError(f"the checkpoint holds the data position of {len(states)} processes, this run has "
+                                 f"{world}: resume with the same number of processes (devices x nodes)")
+            self._train_loader_state = states[rank]
 
     def state_summary(self) -> dict:
         """The data facts as a dict (for logs and model cards)."""

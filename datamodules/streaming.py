@@ -9,11 +9,10 @@ tokenized in batches and packed on the fly (FULL-SENTENCES with a carry-over, or
   (ranks x workers)-th document (every reader then reads all the data and keeps its share).
 - Masks: the example index of a streamed block is a 62-bit hash of its tokens, so its masks are a function of
   (seed, epoch, block content), whatever the number of ranks and workers.
-- Resume: the DataLoader is torchdata's `StatefulDataLoader`, which Lightning saves in the checkpoint. Each worker's
-  state is the source position (`datasets` `IterableDataset.state_dict()`) at the batch of documents where the next
-  block starts, plus the number of that batch's stream tokens already emitted; the loader reports the state after
-  the batches the training steps consumed (not the one Lightning prefetched), so `--ckpt_path` continues with the
-  block after the last one trained on. With `shuffle_buffer > 0` the documents in the shuffle buffer at the time of
+- Resume: the DataLoader is `datamodules.loaders.ResumableDataLoader` (torchdata's `StatefulDataLoader`), which
+  Lightning saves in the checkpoint. Each worker's state is the source position (`datasets`
+  `IterableDataset.state_dict()`) at the batch of documents where the next block starts, plus the number of that
+  batch's stream tokens already emitted, so `--ckpt_path` continues with the block after the last one trained on. With `shuffle_buffer > 0` the documents in the shuffle buffer at the time of
   the checkpoint are not restored (a `datasets` limitation), so exact resume needs `shuffle_buffer: 0`.
 - Epochs: the training loader never ends (train for `max_steps`): when a reader's stream ends it starts its next
   pass, with the shard order and shuffle buffer seeded by (seed, pass), and each block carries its pass number, the
@@ -157,38 +156,13 @@ class StreamingBlocks(IterableDataset):
         return {"input_ids": block.tolist(), "example_index": block_hash(block), "epoch": epoch}
 
 
-LIGHTNING_PREFETCH = 1  # batches Lightning's training fetcher holds ahead of the step (to know the last batch)
-
-
 def streaming_dataloader(datamodule, dataset: StreamingBlocks):
-    """torchdata's StatefulDataLoader over `dataset` (Lightning checkpoints its state), this rank's shard and epoch."""
-    from collections import deque
-
-    from torchdata.stateful_dataloader import StatefulDataLoader
+    """An endless `ResumableDataLoader` over `dataset` (the stream starts its next pass by itself), this rank's share."""
+    from datamodules.loaders import ResumableDataLoader
 
     world_size, rank, _ = datamodule.distributed_context()
     dataset.set_rank(rank, world_size)
     dataset.cycle = True
-
-    class TrainerLoader(StatefulDataLoader):
-        """An endless loader (the stream starts its next pass by itself) that reports the state after the batches the training steps have consumed: when Lightning saves a checkpoint
-        its fetcher already holds the next batch, whose state StatefulDataLoader would report (and a resumed run
-        would then skip that batch)."""
-
-        def __iter__(self):
-            iterator = super().__iter__()
-            self._consumed = deque([super().state_dict()], maxlen=LIGHTNING_PREFETCH + 1)
-            return self._track(iterator)
-
-        def _track(self, iterator):
-            for batch in iterator:
-                self._consumed.append(super().state_dict())
-                yield batch
-            self._consumed.append(super().state_dict())  # exhausted: every batch handed out gets consumed
-
-        def state_dict(self):
-            consumed = getattr(self, "_consumed", None)
-            return consumed[0] if consumed else super().state_dict()
-
-    return TrainerLoader(dataset, batch_size=datamodule.batch_size, collate_fn=datamodule.collator,
-                         num_workers=datamodule.num_workers, persistent_workers=False)
+    return datamodule.resumable(ResumableDataLoader(dataset, batch_size=datamodule.batch_size,
+                                                    collate_fn=datamodule.collator,
+                                                    num_workers=datamodule.num_workers, persistent_workers=False))

@@ -31,3 +31,21 @@ class SignalAt(Callback):
             self.sent = True
             for _ in range(self.times):
                 os.kill(os.getpid(), self.signum)
+
+
+class LossLog(Callback):
+    """A callback (`--trainer.callbacks+=tests.cli.LossLog`) that appends every training batch's (epoch, batch_idx,
+    global_step, loss, example_index) to the JSON-lines file `path` as it goes (so a run killed by a signal keeps
+    its lines)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import json
+
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        record = {"epoch": trainer.current_epoch, "batch_idx": batch_idx, "step": trainer.global_step,
+                  "loss": float(loss), "examples": batch["example_index"].tolist()}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")

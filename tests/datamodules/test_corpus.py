@@ -201,7 +201,7 @@ def test_streaming_resumes_after_the_last_block(text_dm, num_workers):
 
     import torch
 
-    from datamodules.streaming import LIGHTNING_PREFETCH
+    from datamodules.loaders import LIGHTNING_PREFETCH
 
     dm = text_dm(streaming=True, shuffle_buffer=0, num_workers=num_workers, batch_size=8,
                  train_files=["wikitext-2/train.txt", "wikitext-2/valid.txt"])
