@@ -107,6 +107,9 @@ class TextCorpusDataModule(LitBertDataModule):
         if streaming and mlm_smoothing > 0:
             raise ValueError("mlm_smoothing needs the token counts of the whole training split, which streaming mode "
                              "never sees: use the cached (non-streaming) mode for it")
+        if streaming and max_train_samples is not None:
+            raise ValueError("max_train_samples keeps the first N blocks of the cached training split; streaming mode "
+                             "has no such split: bound the run with trainer.max_steps instead")
         self.task_name = "mlm"
         self.files = {"train": list(train_files or []), "val": list(val_files or []), "test": list(test_files or [])}
         self.dataset_name, self.dataset_config = dataset_name, dataset_config

@@ -272,6 +272,8 @@ def test_streaming_shuffles_per_epoch(text_dm):
     assert epochs[0] == epochs[1] != epochs[2] and sorted(epochs[0]) == sorted(epochs[2])
     with pytest.raises(ValueError, match="mlm_smoothing needs the token counts"):
         text_dm(streaming=True, mlm_smoothing=0.7)
+    with pytest.raises(ValueError, match="max_train_samples keeps the first N blocks"):
+        text_dm(streaming=True, max_train_samples=10)
 
 
 def test_streaming_resumes_through_a_lightning_checkpoint(text_dm, tiny_roberta_dir, tmp_path):
