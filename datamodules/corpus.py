@@ -13,7 +13,8 @@ Text as it reads: the lines (and paragraphs, GLUE columns, SQuAD contexts) of a 
 with one space, so a byte-level BPE sees every word start (`Ġword`) and no trailing space becomes a lone `Ġ`.
 Records (JSON lines, Parquet, hub) are taken as written, stripped at both ends.
 
-Pipeline, each step memory-bounded and written to memory-mapped Arrow by `datasets`:
+Pipeline, each step memory-bounded and written to memory-mapped Arrow by `datasets` (the maps run on ~256 MB chunks
+of their input, `map_in_chunks`):
 1. documents: `Dataset.from_generator` over the sources (files are read line by line, one document at a time);
 2. tokens: batched `Dataset.map` with `num_proc` processes (`tokenize_documents`), ids stored as int32;
 3. blocks: batched `Dataset.map` over the tokenized documents (`pack_full_sentences` / `pack_doc_sentences`), exact
@@ -239,7 +240,7 @@ def tokenize_batch_size(documents, sample: int = 1000) -> int:
     import pyarrow.compute as pc
 
     head = documents.with_format("arrow")[:sample].column("text")
-    mean = pc.mean(pc.binary_length(head)).as_py() or 1 if len(head) else 1
+    mean = (pc.mean(pc.binary_length(head)).as_py() or 1) if len(head) else 1  # bytes per document
     return int(min(1000, max(8, BATCH_TEXT_BYTES // max(1, mean))))
 
 
