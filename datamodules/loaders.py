@@ -16,10 +16,14 @@ position themselves (`LitBertDataModule.state_dict`, restored before any loader 
 """
 from __future__ import annotations
 
+import warnings
 from collections import deque
 
 from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+
+# torchdata 0.11 calls a torch API that newer torch marks deprecated, on every iterator: not ours to act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 LIGHTNING_PREFETCH = 1  # batches Lightning's training fetcher holds ahead of the step for a loader without a length
 
