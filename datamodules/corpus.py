@@ -37,7 +37,7 @@ from typing import Iterator
 
 import numpy as np
 
-from datamodules.base import DataFormatError, iter_decoded_lines, iter_json_records
+from datamodules.files import DataFormatError, iter_decoded_lines, iter_json_records
 
 TEXT_LAYOUTS = ("auto", "wikitext", "paragraphs", "lines")
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw", "")
@@ -127,7 +127,7 @@ def iter_parquet_documents(path: Path, text_column: str) -> Iterator[str]:
 
 def iter_glue_documents(path: Path) -> Iterator[str]:
     """Each row of a GLUE TSV is a document: its text column(s) joined."""
-    from datamodules.base import read_table
+    from datamodules.files import read_table
     from datamodules.glue import GLUE_TASKS, normalize_task_name
 
     try:

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from datamodules.base import (DataFormatError, LitBertDataModule, Table, file_digest, key_digest, read_table,
-                              resolve_data_file)
+from datamodules.base import LitBertDataModule, file_digest, key_digest, resolve_data_file
+from datamodules.files import DataFormatError, Table, read_table
 
 BATCH_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "labels", "example_index"]
 

@@ -15,8 +15,8 @@ import json
 from functools import partial
 from pathlib import Path
 
-from datamodules.base import (DataFormatError, LitBertDataModule, decode_text_file, file_digest, key_digest,
-                              resolve_data_file)
+from datamodules.base import LitBertDataModule, file_digest, key_digest, resolve_data_file
+from datamodules.files import DataFormatError, decode_text_file
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"]
 EVAL_COLUMNS = TRAIN_COLUMNS + ["feature_index"]

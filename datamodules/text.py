@@ -13,11 +13,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from datamodules.base import DataFormatError, LitBertDataModule, file_digest, resolve_data_file
+from datamodules.base import LitBertDataModule, file_digest, resolve_data_file
 from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_dataset, documents_per_chunk,
                                 full_sentences_starts, load_hub_documents, map_in_chunks,
                                 open_arrow_files, owner_starts, pack_doc_sentences, pack_full_sentences,
                                 tokenize_batch_size, tokenize_documents)
+from datamodules.files import DataFormatError
 from datamodules.masking import IGNORE_INDEX
 
 BATCH_COLUMNS = ["input_ids", "example_index"]  # (+ "epoch" in streamed batches: the pass the block comes from)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from datamodules import corpus
-from datamodules.base import DataFormatError
+from datamodules.files import DataFormatError
 from datamodules.corpus import iter_file_documents
 
 

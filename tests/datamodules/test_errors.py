@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from datamodules.base import DataFormatError
+from datamodules.files import DataFormatError
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from datamodules.base import DataFormatError
+from datamodules.files import DataFormatError
 from datamodules.squad import SQuADDataModule
 from tests import fixtures
 
