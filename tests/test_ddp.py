@@ -251,3 +251,28 @@ def test_mlm_streaming_each_rank_reads_its_own_shard(tmp_path, data_dir, bpe_tok
                                      shuffle_buffer=0, max_seq_length=32, cache_dir=str(tmp_path / "cache"))
         blocks = StreamingBlocks(alone, alone.sources("train"))
         assert seen[rank] == [b["example_index"] for b in itertools.islice(blocks, 12)]
+
+
+def test_mlm_streaming_resumes_each_rank_at_its_own_position(tmp_path, data_dir, bpe_tokenizer_dir):
+    """2 processes streaming 2 files (each rank its own): a run resumed from its step-2 checkpoint trains steps 3-4
+    on the same blocks per rank as the run that went straight to step 4 (each rank's reader position is in the
+    checkpoint, gathered from every rank)."""
+    files = ["wikitext-2/train.txt", "wikitext-2/valid.txt"]
+    every_2 = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+               "init_args": {"dirpath": str(tmp_path / "every2"), "every_n_train_steps": 2, "save_top_k": -1}}
+
+    def args(out: Path) -> list[str]:
+        return ["--config", str(CONFIGS / "mlm" / "roberta_small.yaml"), *TINY_MLM,
+                f"--data.init_args.tokenizer={bpe_tokenizer_dir}", f"--data.init_args.data_dir={data_dir}",
+                "--data.init_args.max_seq_length=32", "--data.init_args.batch_size=4", "--data.init_args.streaming=true",
+                "--data.init_args.shuffle_buffer=0", f"--data.init_args.train_files={json.dumps(files)}",
+                "--trainer.max_steps=4", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
+                f"--trainer.logger.init_args.save_dir={out}", recorder(out)]
+
+    run_two_processes([*args(tmp_path / "straight"), f"--trainer.callbacks+={json.dumps(every_2)}"], tmp_path)
+    step2 = tmp_path / "every2" / "epoch=0-step=2.ckpt"
+    assert len(torch.load(step2, map_location="cpu", weights_only=False)["TextCorpusDataModule"]["train_loader"]) == 2
+    run_two_processes([*args(tmp_path / "resumed"), f"--ckpt_path={step2}"], tmp_path)
+    straight, resumed = load_records(tmp_path / "straight"), load_records(tmp_path / "resumed")
+    for rank in (0, 1):
+        assert [b["indices"] for b in resumed[rank]["train"]] == [b["indices"] for b in straight[rank]["train"][2:]]
