@@ -25,7 +25,8 @@ from typing import Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from models.mlm import IGNORE_INDEX
+
 _MASK32 = 0xFFFFFFFF
 # Independent random streams drawn from the same (seed, epoch, index, position).
 _STREAM_SELECT, _STREAM_ACTION, _STREAM_RANDOM_TOKEN, _STREAM_ROUNDING = 1, 2, 3, 4

@@ -19,7 +19,7 @@ from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_da
                                 open_arrow_files, owner_starts, pack_doc_sentences, pack_full_sentences,
                                 tokenize_batch_size, tokenize_documents)
 from datamodules.files import DataFormatError
-from datamodules.masking import IGNORE_INDEX
+from models.mlm import IGNORE_INDEX
 
 BATCH_COLUMNS = ["input_ids", "example_index"]  # (+ "epoch" in streamed batches: the pass the block comes from)
 SPLITS = ("train", "val", "test")

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from models.mlm import IGNORE_INDEX
+
 # Large negative logit for padded QA positions: finite, so softmax/KL stay NaN-free, and still exact zero probability
 # in fp32. (float('-inf') in both student and teacher would give 0 * -inf = NaN in the KL.)
 PAD_LOGIT = -1e4

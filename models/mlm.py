@@ -22,7 +22,7 @@ from transformers import (
 
 from models.pretrained import load_pretrained
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of positions without a target (the value transformers' losses ignore): one home
 ARCHITECTURES = ("roberta", "bert", "distilbert")
 
 
