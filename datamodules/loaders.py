@@ -35,8 +35,10 @@ class ResumableDataLoader(StatefulDataLoader):
 
     def __iter__(self):
         iterator = super().__iter__()
-        ahead = LIGHTNING_PREFETCH if isinstance(self.dataset, IterableDataset) else 0
-        self._consumed = deque([super().state_dict()], maxlen=ahead + 1)
+        if not isinstance(self.dataset, IterableDataset):  # not prefetched: the loader's own state is the right one
+            self._consumed = None
+            return iterator
+        self._consumed = deque([super().state_dict()], maxlen=LIGHTNING_PREFETCH + 1)
         return self._track(iterator)
 
     def _track(self, iterator):
