@@ -42,7 +42,14 @@ def load_cache_entry(target: Path):
     manifest = json.loads((target / CACHE_MANIFEST).read_text())
     if manifest["files"] is None:
         return datasets.load_from_disk(str(target / "data"))
-    parts = [datasets.Dataset.from_file(str(target / f)) for f in manifest["files"]]
+    return open_arrow_files([str(target / f) for f in manifest["files"]])
+
+
+def open_arrow_files(files: list[str]):
+    """Arrow files (written by `map`) as one memory-mapped dataset, in order."""
+    import datasets
+
+    parts = [datasets.Dataset.from_file(f) for f in files]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 

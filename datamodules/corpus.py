@@ -27,6 +27,7 @@ last of each document for DOC-SENTENCES) may be shorter, and `drop_last_block` d
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -185,7 +186,21 @@ def generate_documents(paths: list[str], text_column: str, text_layout: str, enc
 
 
 def load_hub_documents(name: str, config: str | None, split: str, text_column: str, streaming: bool = False):
-    """A hub dataset split (or a local dataset folder, read the same way) as a one-column {"text"} dataset."""
+    """A hub dataset split (or a local dataset folder, read the same way) as a one-column {"text"} dataset.
+
+    A cached (non-streaming) split is loaded once per process (the cache key asks for its fingerprint, the build for
+    its rows); a streamed one is made anew each time, since iterating it changes its state."""
+    if streaming:
+        return _load_hub_documents(name, config, split, text_column, streaming=True)
+    return _load_hub_documents_once(name, config, split, text_column)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_hub_documents_once(name: str, config: str | None, split: str, text_column: str):
+    return _load_hub_documents(name, config, split, text_column, streaming=False)
+
+
+def _load_hub_documents(name: str, config: str | None, split: str, text_column: str, streaming: bool):
     import datasets
 
     try:
@@ -280,14 +295,6 @@ def map_in_chunks(dataset, function, *, name: str, workdir: Path, rows_per_chunk
         del part, out
         gc.collect()
     return files
-
-
-def open_arrow_files(files: list[str]):
-    """Arrow files written by `map` as one memory-mapped dataset, in order."""
-    import datasets
-
-    parts = [datasets.Dataset.from_file(f) for f in files]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def tokenize_documents(batch: dict, tokenizer) -> dict:

@@ -13,10 +13,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from datamodules.base import LitBertDataModule, file_digest, resolve_data_file
+from datamodules.base import LitBertDataModule, file_digest, open_arrow_files, resolve_data_file
 from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_dataset, documents_per_chunk,
                                 full_sentences_starts, load_hub_documents, map_in_chunks,
-                                open_arrow_files, owner_starts, pack_doc_sentences, pack_full_sentences,
+                                owner_starts, pack_doc_sentences, pack_full_sentences,
                                 tokenize_batch_size, tokenize_documents)
 from datamodules.files import DataFormatError
 from models.mlm import IGNORE_INDEX
