@@ -60,7 +60,8 @@ def litdata_prepare(files, tokenizer, out_dir):
     from litdata import TokensLoader, optimize
 
     optimize(fn=partial(tokenize_file, tokenizer_dir=tokenizer), inputs=[str(f) for f in files], output_dir=out_dir,
-             chunk_bytes="64MB", item_loader=TokensLoader(), num_workers=1, mode="overwrite")
+             chunk_bytes="64MB", item_loader=TokensLoader(), num_workers=min(len(files), os.cpu_count() or 1),
+             mode="overwrite")  # LitData at its best here: one optimize worker per core
 
 
 def litdata_loader(out_dir, state=None):
