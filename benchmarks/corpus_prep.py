@@ -68,7 +68,7 @@ def prepare(args) -> dict:
     blocks = dm.load_split("train")
     built = time.perf_counter() - start
     start = time.perf_counter()
-    dm.datasets["train"] = TextCorpusDataModule.load_split(dm, "train")  # the cache hit a later run gets
+    dm.datasets["train"] = dm.load_split("train")  # the cache hit a later run gets
     next(iter(dm.make_dataloader(dm.datasets["train"], train=True, columns=["input_ids", "example_index"])))
     reload = time.perf_counter() - start
     import pyarrow.compute as pc
