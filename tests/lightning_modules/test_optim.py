@@ -41,3 +41,38 @@ def test_warmup_resolution():
     assert resolve_warmup_steps(1000, warmup_steps=7, warmup_ratio=0.5) == 7
     with pytest.raises(ValueError, match="warmup_ratio"):
         resolve_warmup_steps(10, warmup_ratio=2.0)
+
+
+def test_fused_adamw_is_the_foreach_update():
+    """The fast path (torch's fused AdamW, chosen for plain CPU/GPU parameters) makes the update the default foreach
+    implementation makes, step after step, with both weight-decay groups and the warmup schedule."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    models = [BertForMaskedLM(config) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = configure_adamw_with_warmup(models[0], models[0], lr=1e-2, warmup_steps=2, total_steps=6)
+    assert fused["optimizer"].defaults["fused"] is True
+    plain = configure_adamw_with_warmup(models[1], models[1], lr=1e-2, warmup_steps=2, total_steps=6)
+    plain["optimizer"] = torch.optim.AdamW(plain["optimizer"].param_groups, foreach=True)
+    plain["lr_scheduler"]["scheduler"].optimizer = plain["optimizer"]
+    ids = torch.randint(5, 50, (4, 8))
+    for _ in range(5):
+        for model, cfg in zip(models, (fused, plain)):
+            model(input_ids=ids, labels=ids).loss.backward()
+            cfg["optimizer"].step()
+            cfg["optimizer"].zero_grad()
+            cfg["lr_scheduler"]["scheduler"].step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(models[0].bert.embeddings.word_embeddings.weight,
+                           BertForMaskedLM(config).bert.embeddings.word_embeddings.weight)
+
+
+def test_fused_adamw_only_for_plain_tensors():
+    from lightning_modules.optim import adamw_implementation
+
+    assert adamw_implementation([{"params": [torch.nn.Parameter(torch.zeros(2))]}]) == {"fused": True}
+    assert adamw_implementation([{"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.int64),
+                                                                requires_grad=False)]}]) == {}
+    assert adamw_implementation([{"params": []}]) == {}
