@@ -118,7 +118,8 @@ class LitBertDataModule(pl.LightningDataModule):
         batch_size / eval_batch_size: training / evaluation batch sizes (eval defaults to batch_size).
         num_workers: DataLoader worker processes.
         num_proc: processes for tokenization (`datasets.map(num_proc=...)`).
-        group_by_length: batch training examples of similar length (`datamodules.samplers.length_grouped_order`).
+        group_by_length: batch training examples of similar length (`datamodules.samplers.length_grouped_order`);
+            next to no padding, so much faster for task data (SST-2: 4.6% padding instead of 67%).
         pad_to_multiple_of: pad each batch's length to a multiple of this (8 suits tensor cores); None: longest.
         cache_dir: tokenized-dataset cache (None: `$LITBERT_CACHE`, else `~/.cache/litbert`).
         seed: seed of the training order (a function of (seed, epoch), the same on every process).
@@ -133,7 +134,7 @@ class LitBertDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         num_proc: int = 1,
-        group_by_length: bool = False,
+        group_by_length: bool = True,
         pad_to_multiple_of: int | None = None,
         cache_dir: str | None = None,
         seed: int = 42,

@@ -182,7 +182,7 @@ class SQuADDataModule(LitBertDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         num_proc: int = 1,
-        group_by_length: bool = False,
+        group_by_length: bool = True,
         pad_to_multiple_of: int | None = None,
         cache_dir: str | None = None,
         seed: int = 42,

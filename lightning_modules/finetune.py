@@ -23,6 +23,7 @@ from evaluation.writers import glue_submission_filename, write_glue_predictions
 from lightning_modules.distributed import log_epoch_means, true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
+from models.first_token import last_layer_at_first_token
 from models.pretrained import check_data_fits_model, load_pretrained
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -194,12 +195,18 @@ class SequenceClassificationModule(FineTuningModule):
         prefix = f"{stage}/" if len(self.eval_set_names) == 1 else f"{stage}/{set_name}/"
         return glue_metric_collection(self.metric_names, max(self.num_labels, 2), prefix=prefix)
 
+    def classify(self, batch: dict, labels: torch.Tensor | None = None):
+        """The model's output on a batch, its last layer run at the first token only (all the head reads:
+        models/first_token.py, exact, ~14% fewer FLOPs for 6 layers); `.loss` too when `labels` are given."""
+        with last_layer_at_first_token(self.model):
+            return self.model(**self.model_inputs(batch), labels=labels)
+
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits (B, num_labels); (B, 1) for regression."""
-        return self.model(**self.model_inputs(batch)).logits
+        return self.classify(batch).logits
 
     def training_step(self, batch, batch_idx):
-        loss = self.model(**self.model_inputs(batch), labels=batch["labels"]).loss
+        loss = self.classify(batch, batch["labels"]).loss
         # synced: under DDP the logged figure is the mean over all ranks' examples (equal batch sizes per step)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
