@@ -15,6 +15,8 @@ from lightning_modules.distill_losses import (classification_hard_loss, qa_hard_
                                               regression_soft_loss, soft_cross_entropy)
 from lightning_modules.finetune import SequenceClassificationModule
 from lightning_modules.qa import QuestionAnsweringModule
+from models.flops import forward_flops
+from models.last_layer import trimmable
 
 
 
@@ -71,6 +73,15 @@ class GLUEDistillationModule(DistillationMixin, SequenceClassificationModule):
             "cos": self.cosine_term(student.hidden_states, teacher.hidden_states, batch["attention_mask"]),
         }
         return self.weighted_total(terms, {"cos": batch["attention_mask"].sum()})  # ce, hard: means over examples
+
+    def batch_flops(self, batch: dict, stage: str) -> int:
+        """Training: as every distillation module. Evaluation: the student through `classify`, its last layer at the
+        first token only (models/last_layer.py)."""
+        if stage == "train":
+            return super().batch_flops(batch, stage)
+        batch_size_, seq_len = batch["input_ids"].shape
+        rows = batch_size_ if trimmable(self.model, first_token_head=True) else None
+        return forward_flops(self.model, batch_size_, seq_len, last_layer_rows=rows)
 
 
 class QADistillationModule(DistillationMixin, QuestionAnsweringModule):

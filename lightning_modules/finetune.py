@@ -23,7 +23,7 @@ from evaluation.writers import glue_submission_filename, write_glue_predictions
 from lightning_modules.distributed import log_epoch_means, true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
-from models.first_token import last_layer_at_first_token
+from models.last_layer import last_layer_at
 from models.pretrained import check_data_fits_model, load_pretrained
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -197,8 +197,8 @@ class SequenceClassificationModule(FineTuningModule):
 
     def classify(self, batch: dict, labels: torch.Tensor | None = None):
         """The model's output on a batch, its last layer run at the first token only (all the head reads:
-        models/first_token.py, exact, ~14% fewer FLOPs for 6 layers); `.loss` too when `labels` are given."""
-        with last_layer_at_first_token(self.model):
+        models/last_layer.py, exact, ~14% fewer FLOPs for 6 layers); `.loss` too when `labels` are given."""
+        with last_layer_at(self.model):
             return self.model(**self.model_inputs(batch), labels=labels)
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -29,6 +29,7 @@ from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
 from lightning_modules.throughput import FlopsPerBatchMixin
 from models.flops import TRAINING_FACTOR, forward_flops
+from models.last_layer import trimmable
 from models.mlm import IGNORE_INDEX, build_masked_lm, sparse_mlm_logits
 from models.pretrained import check_data_fits_model, max_input_length
 
@@ -174,8 +175,12 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         """Model FLOPs of one step on this batch: the encoder on [B, L], the LM head on the masked positions (sparse
         prediction) or on all of them; training 3x the forward, evaluation 1x (see models/flops.py)."""
         batch_size_, seq_len = batch["input_ids"].shape
-        head_positions = masked_tokens(batch) if self.hparams.sparse_prediction else None
-        flops = forward_flops(self.model, batch_size_, seq_len, head_positions)
+        head_positions, rows = None, None
+        if self.hparams.sparse_prediction:  # sparse_mlm_logits: the last layer at the masked positions too
+            head_positions = masked_tokens(batch)
+            per_row = int((batch["labels"] != IGNORE_INDEX).sum(dim=1).max()) if head_positions else 0
+            rows = batch_size_ * per_row if per_row and trimmable(self.model) else None
+        flops = forward_flops(self.model, batch_size_, seq_len, head_positions, rows)
         return TRAINING_FACTOR * flops if stage == "train" else flops
 
     def configure_optimizers(self) -> dict:

@@ -21,7 +21,9 @@ Heads: masked LM 2 * n * (H * H + H * V) on the n positions it is applied to (th
 only); sequence classification 2 * B * (H * H + H * C) (pooler/dense on the first token, then the classifier); QA
 2 * B * L * H * 2. Training costs 3x the forward (the backward computes the gradient of both operands of every
 product); a frozen teacher costs 1x. Padding positions are counted: the hardware computes them (so MFU is the
-utilisation of the batches as fed; items_per_sec from `length_fn` counts real tokens only). Activation-checkpointing
+utilisation of the batches as fed; items_per_sec from `length_fn` counts real tokens only). Likewise the
+last layer is counted where litbert runs it: at the positions the head reads (`models.last_layer`; the sparse MLM
+head's masked positions, padded to the longest row's count), key and value projections at every position. Activation-checkpointing
 recomputation is not counted (it is not model FLOPs).
 """
 from __future__ import annotations
@@ -37,13 +39,17 @@ def encoder_dims(config) -> tuple[int, int, int]:
     return int(layers), int(hidden), int(intermediate)
 
 
-def encoder_forward_flops(config, batch_size: int, seq_len: int) -> int:
-    """Forward FLOPs of the transformer layers on a [batch_size, seq_len] batch (no head)."""
+def encoder_forward_flops(config, batch_size: int, seq_len: int, last_layer_rows: int | None = None) -> int:
+    """Forward FLOPs of the transformer layers on a [batch_size, seq_len] batch (no head). `last_layer_rows`: the
+    number of query rows the last layer computes when it runs only where the head reads (`models.last_layer`: its
+    key/value projections still cover every position); None: every position."""
     layers, h, i = encoder_dims(config)
     tokens = batch_size * seq_len
-    linear = 2 * tokens * (4 * h * h + 2 * h * i)
-    attention = 2 * 2 * batch_size * seq_len * seq_len * h
-    return layers * (linear + attention)
+
+    def layer(rows: int) -> int:  # K, V at every position; Q, output, FFN and attention at `rows` query rows
+        return 2 * tokens * 2 * h * h + 2 * rows * (2 * h * h + 2 * h * i) + 2 * 2 * rows * seq_len * h
+
+    return (layers - 1) * layer(tokens) + layer(tokens if last_layer_rows is None else int(last_layer_rows))
 
 
 def mlm_head_flops(config, n_positions: int) -> int:
@@ -65,11 +71,13 @@ def qa_head_flops(config, batch_size: int, seq_len: int) -> int:
     return 2 * batch_size * seq_len * h * 2
 
 
-def forward_flops(model, batch_size: int, seq_len: int, head_positions: int | None = None) -> int:
+def forward_flops(model, batch_size: int, seq_len: int, head_positions: int | None = None,
+                  last_layer_rows: int | None = None) -> int:
     """Forward FLOPs of a Hugging Face `*ForMaskedLM`, `*ForSequenceClassification` or `*ForQuestionAnswering` on a
-    [batch_size, seq_len] batch. `head_positions`: positions the MLM head runs on (None: all, the dense head)."""
+    [batch_size, seq_len] batch. `head_positions`: positions the MLM head runs on (None: all, the dense head);
+    `last_layer_rows`: query rows of a trimmed last layer (see `encoder_forward_flops`)."""
     config, name = model.config, type(model).__name__
-    flops = encoder_forward_flops(config, batch_size, seq_len)
+    flops = encoder_forward_flops(config, batch_size, seq_len, last_layer_rows)
     if name.endswith("ForMaskedLM"):
         return flops + mlm_head_flops(config, batch_size * seq_len if head_positions is None else head_positions)
     if name.endswith("ForSequenceClassification"):

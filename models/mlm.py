@@ -20,6 +20,7 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
+from models.last_layer import last_layer_at, selected_positions
 from models.pretrained import load_pretrained
 
 IGNORE_INDEX = -100  # the label of positions without a target (the value transformers' losses ignore): one home
@@ -67,17 +68,21 @@ def sparse_mlm_logits(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the encoder on [B, L] inputs and the LM head only where labels != -100.
 
-    Returns (logits [n_masked, V], targets [n_masked], last hidden states [B, L, H]); the masked positions are taken in
-    row-major order, so two models given the same labels give logits at the same positions.
+    The encoder's last layer runs at the masked positions only too (`models.last_layer`: the head reads nothing
+    else; exact). Returns (logits [n_masked, V], targets [n_masked], last hidden states at the masked positions
+    [n_masked, H]); the masked positions are taken in row-major order, so two models given the same labels give
+    logits at the same positions.
     """
     encoder, head = split_masked_lm(model)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if token_type_ids is not None:
         inputs["token_type_ids"] = token_type_ids
-    hidden = encoder(**inputs, return_dict=True).last_hidden_state  # [B, L, H]
     selected = labels != IGNORE_INDEX  # [B, L]
-    logits = head(hidden[selected])  # [n_masked, V]
-    return logits, labels[selected], hidden
+    positions, valid = selected_positions(selected)  # [B, M] each
+    with last_layer_at(model, positions) as trimmed:
+        hidden = encoder(**inputs, return_dict=True).last_hidden_state  # [B, M, H] (trimmed) or [B, L, H]
+    hidden = hidden[valid] if trimmed else hidden[selected]  # [n_masked, H], row-major either way
+    return head(hidden), labels[selected], hidden
 
 
 def model_config(

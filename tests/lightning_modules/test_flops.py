@@ -58,6 +58,10 @@ def test_hand_count_on_a_tiny_roberta():
     model = build_masked_lm(arch="roberta", vocab_size=100, pad_token_id=1, max_seq_length=32, **SIZE)
     assert forward_flops(model, b, seq, n_masked) == 1_811_712
     assert forward_flops(model, b, seq) == 1_769_472 + 2 * b * seq * (h * h + h * v)  # dense head: every position
+    # the last layer at 6 query rows (models/last_layer.py): K, V at all 48 positions; Q, output, FFN, attention at 6
+    trimmed_last = 2 * b * seq * 2 * h * h + 2 * 6 * (2 * h * h + 2 * h * ffn) + 2 * 2 * 6 * seq * h
+    assert trimmed_last == 196_608 + 73_728 + 12_288
+    assert forward_flops(model, b, seq, n_masked, last_layer_rows=6) == per_layer + trimmed_last + 42_240
 
 
 @pytest.mark.parametrize("arch", ["roberta", "bert", "distilbert"])
@@ -68,7 +72,10 @@ def test_forward_and_training_match_flop_counter(arch, bpe_tokenizer_dir):
     n_masked = int((batch["labels"] != -100).sum())
     assert 0 < n_masked < batch["input_ids"].numel()
     forward = measure_flops(module, lambda: module.masked_logits(batch)[0])
-    assert forward == module.batch_flops(batch, "validate") == forward_flops(module.model, 3, 16, n_masked)
+    # the last layer runs at the masked positions only, each row padded to the longest row's count
+    rows = 3 * int((batch["labels"] != -100).sum(dim=1).max())
+    assert forward == module.batch_flops(batch, "validate") == forward_flops(module.model, 3, 16, n_masked, rows)
+    assert forward < forward_flops(module.model, 3, 16, n_masked)
     training = measure_flops(module, lambda: module.training_step(batch, 0), loss_fn=lambda loss: loss)
     assert training == module.batch_flops(batch, "train") == TRAINING_FACTOR * forward
     module.hparams.sparse_prediction = False  # the dense head: every position goes through the LM head
@@ -145,7 +152,8 @@ class FlopsRecorder(pl.Callback):
 
     def _record(self, stage, pl_module, batch):
         b, seq = batch["input_ids"].shape
-        forward = forward_flops(pl_module.model, b, seq, int((batch["labels"] != -100).sum()))
+        masked = batch["labels"] != -100  # the last layer runs at the masked positions (padded to the longest row)
+        forward = forward_flops(pl_module.model, b, seq, int(masked.sum()), b * int(masked.sum(dim=1).max()))
         self.seen[stage].append((pl_module.flops_per_batch, forward * (3 if stage == "train" else 1)))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

@@ -1,10 +1,10 @@
-"""The last layer at the first token only (models/first_token.py) gives the logits and gradients of the full model."""
+"""The last layer only where the head reads (models/last_layer.py) gives the logits and gradients of the full model."""
 import pytest
 import torch
 from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
                           DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
-from models.first_token import FirstTokenLayer, first_token_supported, last_layer_at_first_token
+from models.last_layer import PartialLayer, last_layer_at, selected_positions, trimmable
 
 SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -42,30 +42,41 @@ def test_same_logits_and_gradients(family, attn):
     full.loss.backward()
     full_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    assert first_token_supported(model)
-    with last_layer_at_first_token(model) as trimmed:
+    assert trimmable(model, first_token_head=True)
+    with last_layer_at(model) as trimmed:
         fast = model(**inputs, labels=labels)
         assert trimmed and isinstance(model.base_model.get_submodule(
-            "transformer.layer" if family == "distilbert" else "encoder.layer")[-1], FirstTokenLayer)
+            "transformer.layer" if family == "distilbert" else "encoder.layer")[-1], PartialLayer)
     fast.loss.backward()
     torch.testing.assert_close(fast.logits, full.logits, rtol=1e-5, atol=1e-6)
     for name, param in model.named_parameters():
         if name in full_grads:
             torch.testing.assert_close(param.grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     # restored: the model is the plain Hugging Face model again (same modules, same state-dict keys)
-    assert not any(isinstance(m, FirstTokenLayer) for m in model.modules())
+    assert not any(isinstance(m, PartialLayer) for m in model.modules())
     assert set(model.state_dict()) == set(tiny(family, attn).state_dict())
 
 
 def test_restored_after_an_error_and_unknown_layouts_run_unchanged():
     model = tiny("bert", "sdpa")
     with pytest.raises(RuntimeError):
-        with last_layer_at_first_token(model):
+        with last_layer_at(model):
             raise RuntimeError("boom")
-    assert not any(isinstance(m, FirstTokenLayer) for m in model.modules())
+    assert not any(isinstance(m, PartialLayer) for m in model.modules())
     model.config.model_type = "modernbert"  # a family whose head may pool every position: left alone
-    assert not first_token_supported(model)
+    assert not trimmable(model, first_token_head=True) and trimmable(model)
     linear = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    assert not first_token_supported(linear)
-    with last_layer_at_first_token(linear) as trimmed:
+    assert not trimmable(linear)
+    with last_layer_at(linear) as trimmed:
         assert trimmed is False
+
+
+def test_selected_positions_keep_row_major_order():
+    selected = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    positions, valid = selected_positions(selected)
+    assert positions.tolist() == [[1, 3, 4], [0, 0, 0], [0, 0, 0]]
+    assert valid.tolist() == [[True, True, True], [False, False, False], [True, False, False]]
+    x = torch.arange(15).view(3, 5)
+    assert torch.equal(x.gather(1, positions)[valid], x[selected])
+    none = selected_positions(torch.zeros(2, 4, dtype=torch.bool))
+    assert none[0].shape == (2, 0) and none[1].shape == (2, 0)
