@@ -112,10 +112,12 @@ def last_layer_at(model: nn.Module, positions: torch.Tensor | None = None) -> It
     """Within the block, `model`'s last encoder layer computes only `positions` ([B, M] indices; None: the first
     token, for the model's own sequence-classification head), so its last hidden state is [B, M, H].
 
-    Yields whether it did (False: an unknown layout, or M = 0; the model runs unchanged). Never with
+    Yields whether it did (False: an unknown layout, M = 0, or a compiled model; the model runs unchanged). Never with
     `output_hidden_states`.
     """
-    if not trimmable(model, first_token_head=positions is None) or (positions is not None and positions.shape[1] == 0):
+    compiled = getattr(model, "_compiled_call_impl", None) is not None  # a new module each call would recompile
+    if compiled or not trimmable(model, first_token_head=positions is None) \
+            or (positions is not None and positions.shape[1] == 0):
         yield False
         return
     layers = _layer_list(model)
