@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
@@ -29,6 +30,7 @@ from models.pretrained import load_tokenizer
 
 CACHE_FORMAT_VERSION = 2  # bump when a builder's output changes for the same settings
 CACHE_MANIFEST = "litbert_cache.json"  # written last in a cache entry: its key and its Arrow files
+MODEL_INPUT_COLUMNS = ["input_ids", "attention_mask", "token_type_ids"]
 
 
 class _AlreadyBuilt(Exception):
@@ -51,6 +53,13 @@ def open_arrow_files(files: list[str]):
 
     parts = [datasets.Dataset.from_file(f) for f in files]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def row_lengths(dataset) -> list[int]:
+    """Tokens per row of a tokenized dataset (its `length` column where it has one)."""
+    if "length" in dataset.column_names:
+        return [int(n) for n in dataset["length"]]
+    return [len(ids) for ids in dataset["input_ids"]]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -124,6 +133,10 @@ class LitBertDataModule(pl.LightningDataModule):
         cache_dir: tokenized-dataset cache (None: `$LITBERT_CACHE`, else `~/.cache/litbert`).
         seed: seed of the training order (a function of (seed, epoch), the same on every process).
     """
+
+    # The training batches' column that numbers the rows of the training split (`train_dataset[i]` has the value i),
+    # for per-row tables such as cached teacher logits; None where the DataModule has no such column.
+    train_row_column: str | None = None
 
     def __init__(
         self,
@@ -248,10 +261,7 @@ class LitBertDataModule(pl.LightningDataModule):
         batch_size = self.batch_size if train else self.eval_batch_size
         world, rank, accumulate = self.distributed_context()
         if train:
-            lengths = None
-            if self.group_by_length:
-                lengths = (dataset["length"] if "length" in dataset.column_names
-                           else [len(ids) for ids in dataset["input_ids"]])
+            lengths = row_lengths(dataset) if self.group_by_length else None
             sampler = DistributedTrainSampler(len(dataset), batch_size, num_replicas=world, rank=rank, seed=self.seed,
                                               lengths=lengths, accumulate_grad_batches=accumulate)
         else:
@@ -264,6 +274,28 @@ class LitBertDataModule(pl.LightningDataModule):
         return self.resumable(ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                                   collate_fn=self.collator, num_workers=self.num_workers,
                                                   persistent_workers=self.num_workers > 0))
+
+    def train_inference_loader(self, batch_size: int = 256, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+        """The training split once, for a forward pass of a frozen model over it (task distillation's cached teacher
+        logits, lightning_modules/distill_tasks.py): rows sorted by length, longest first, so that batches of
+        `batch_size` pad next to nothing; rank `rank` of `num_replicas` takes sorted positions rank, rank + W, ...
+        (shards of about equal cost). Batches hold the model inputs and `train_row_column`.
+
+        Args:
+            batch_size: rows per batch (no gradients are kept, so far more than the training batch fits).
+            num_replicas / rank: the number of processes sharing the pass, and this one's global rank.
+        """
+        dataset = getattr(self, "train_dataset", None)
+        if dataset is None or self.train_row_column is None:
+            raise ValueError(f"{type(self).__name__} has no numbered training split (train_row_column) loaded")
+        lengths = row_lengths(dataset)
+        dataset = dataset.select_columns([c for c in MODEL_INPUT_COLUMNS + [self.train_row_column]
+                                          if c in dataset.column_names])
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])[rank::num_replicas]
+        batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        # its own generator: iterating a DataLoader draws a seed, which would otherwise move torch's global one
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator, num_workers=self.num_workers,
+                          generator=torch.Generator())
 
     # ---- the training loader's position in checkpoints (datamodules/loaders.py) ----------------------------------
     def resumable(self, loader: ResumableDataLoader) -> ResumableDataLoader:

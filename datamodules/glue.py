@@ -125,6 +125,8 @@ class GLUEDataModule(LitBertDataModule):
         encoding: the files' text encoding.
     """
 
+    train_row_column = "example_index"
+
     def __init__(
         self,
         tokenizer: str,

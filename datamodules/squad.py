@@ -18,8 +18,9 @@ from pathlib import Path
 from datamodules.base import LitBertDataModule, file_digest, key_digest, resolve_data_file
 from datamodules.files import DataFormatError, decode_text_file
 
-TRAIN_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"]
-EVAL_COLUMNS = TRAIN_COLUMNS + ["feature_index"]
+# training and evaluation alike: `feature_index` keys the evaluation logits and the training windows' cached teacher
+# logits (lightning_modules/distill_tasks.py)
+BATCH_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions", "feature_index"]
 
 
 def load_squad_json(path: Path) -> dict:
@@ -154,8 +155,8 @@ def prepare_features(batch: dict, tokenizer, max_seq_length: int, doc_stride: in
 
 
 class SQuADDataModule(LitBertDataModule):
-    """SQuAD-format extractive QA. Train batches: `input_ids`, `attention_mask`, [`token_type_ids`],
-    `start_positions`, `end_positions`; eval batches add `feature_index` (row of `eval_features`).
+    """SQuAD-format extractive QA. Batches: `input_ids`, `attention_mask`, [`token_type_ids`], `start_positions`,
+    `end_positions`, `feature_index` (the window's row in `train_dataset` or `eval_features`).
 
     Args (besides LitBertDataModule's; `max_seq_length` defaults to 384 here):
         train_file / eval_file: SQuAD JSON files relative to data_dir (or absolute). validate/test/predict use
@@ -166,6 +167,8 @@ class SQuADDataModule(LitBertDataModule):
         version_2_with_negative: None detects v2.0 from the eval file (`version` or `is_impossible`).
         max_train_samples / max_eval_samples: keep the FIRST N questions (after the article range).
     """
+
+    train_row_column = "feature_index"
 
     def __init__(
         self,
@@ -247,10 +250,10 @@ class SQuADDataModule(LitBertDataModule):
             self.eval_examples, self.eval_features = self.load_split("eval")
 
     def train_dataloader(self):
-        return self.make_dataloader(self.train_dataset, train=True, columns=TRAIN_COLUMNS)
+        return self.make_dataloader(self.train_dataset, train=True, columns=BATCH_COLUMNS)
 
     def val_dataloader(self):
-        return self.make_dataloader(self.eval_features, train=False, columns=EVAL_COLUMNS)
+        return self.make_dataloader(self.eval_features, train=False, columns=BATCH_COLUMNS)
 
     def test_dataloader(self):
         return self.val_dataloader()

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from models.inputs import MODEL_INPUTS
+
 
 
 @dataclass

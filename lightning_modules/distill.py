@@ -29,18 +29,13 @@ from lightning_modules.distill_losses import cosine_hidden_loss, masked_lm_loss,
 from lightning_modules.distributed import global_token_means, true_on_any_rank
 from lightning_modules.mlm import MaskedLMModule, batch_size
 from lightning_modules.throughput import FlopsPerBatchMixin
+from models.inputs import model_inputs
 from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, split_masked_lm
 from models.pretrained import check_input_length, load_pretrained
 from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
 
 KL_POSITIONS = ("all", "masked")
-
-
-def accepted_inputs(model, batch: dict) -> dict:
-    """The model inputs of `batch` that `model.forward` takes (DistilBERT has no token_type_ids)."""
-    params = inspect.signature(model.forward).parameters
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch and k in params}
 
 
 def resolve_cos_pairs(cos_layers: str | Sequence[Sequence[int]], layer_map: list[int] | None) -> list[tuple[int, int]]:
@@ -185,21 +180,27 @@ class DistillationMixin(FlopsPerBatchMixin):
         """Positions where `distillation_terms` runs the MLM heads (None: the model's own head, task modules)."""
         return None
 
+    def last_layer_rows(self, model, batch: dict) -> int | None:
+        """Query rows `model`'s last layer computes in `distillation_terms` (None: every position; see
+        models/last_layer.py)."""
+        return None
+
+    def model_flops(self, model, batch: dict) -> int:
+        """Forward FLOPs of `model` (student or teacher) in `distillation_terms` on this batch."""
+        batch_size_, seq_len = batch["input_ids"].shape
+        return forward_flops(model, batch_size_, seq_len, self.distillation_head_positions(batch),
+                             self.last_layer_rows(model, batch))
+
     def distillation_flops(self, batch: dict) -> int:
         """Forward FLOPs of `distillation_terms`: the student's forward plus the frozen teacher's (both [B, L])."""
-        batch_size_, seq_len = batch["input_ids"].shape
-        positions = self.distillation_head_positions(batch)
-        return (forward_flops(self.model, batch_size_, seq_len, positions)
-                + forward_flops(self.teacher, batch_size_, seq_len, positions))
+        return self.model_flops(self.model, batch) + self.model_flops(self.teacher, batch)
 
     def batch_flops(self, batch: dict, stage: str) -> int:
         """Training: the student's forward and backward (3x its forward) plus the teacher's forward (1x, no backward).
         Evaluation (the parent module's, on the student): the student's forward."""
-        batch_size_, seq_len = batch["input_ids"].shape
-        positions = self.distillation_head_positions(batch)
-        student = forward_flops(self.model, batch_size_, seq_len, positions)
+        student = self.model_flops(self.model, batch)
         if stage == "train":
-            return TRAINING_FACTOR * student + forward_flops(self.teacher, batch_size_, seq_len, positions)
+            return TRAINING_FACTOR * student + self.model_flops(self.teacher, batch)
         return student
 
     def model_card_info(self) -> dict[str, Any]:
@@ -267,14 +268,13 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         self.save_own_hyperparameters()
         self.init_distillation(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
                                temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForMaskedLM, {})
-        self._takes_token_types = "token_type_ids" in inspect.signature(self.model.base_model.forward).parameters
         # validation means of the terms over all their tokens (independent of batching, exact across processes)
         self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in ("ce", "mlm", "cos")})
 
     def selected_outputs(self, model, batch: dict, selected: torch.Tensor, hidden_states: bool):
         """(logits [n_selected, V] at the `selected` [B, L] positions, hidden states tuple or (last,))."""
         encoder, head = split_masked_lm(model)
-        out = encoder(**accepted_inputs(encoder, batch), output_hidden_states=hidden_states, return_dict=True)
+        out = encoder(**model_inputs(encoder, batch), output_hidden_states=hidden_states, return_dict=True)
         hidden = out.hidden_states if hidden_states else (out.last_hidden_state,)
         return head(out.last_hidden_state[selected]), hidden
 

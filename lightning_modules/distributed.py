@@ -1,7 +1,8 @@
 """Losses and evaluation figures that stay exact under data parallelism (DDP).
 
 `global_token_means` (training, below); `true_on_any_rank` (epoch-end branches that lead to collectives);
-`log_epoch_means` (evaluation means over ranks with unequal numbers of examples).
+`log_epoch_means` (evaluation means over ranks with unequal numbers of examples); `gather_rows` (a table whose rows
+the ranks computed in shares, e.g. the cached teacher logits of task distillation).
 
 A loss averaged over the tokens of the LOCAL batch (the MLM cross-entropy over masked tokens, the distillation KL over
 positions, the cosine loss over non-padded tokens) is not the same objective on W processes: DDP averages the ranks'
@@ -80,3 +81,29 @@ def log_epoch_means(module, means: Mapping[str, MeanMetric], **log_kwargs) -> No
             module.log(key, metric.compute(), **log_kwargs)
     for metric in means.values():
         metric.reset()
+
+
+def gather_rows(module, rows: torch.Tensor, values: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The [num_rows, ...] table of which this rank computed rows `rows` ([n_r] row numbers, `values` [n_r, ...]),
+    whole on every rank: one all-gather of the values and one of the row numbers (each rank's share padded to the
+    largest with row -1). A row that no rank computed, or a row number out of range, is an error.
+    """
+    world = world_size(module)
+    if world > 1:
+        size = int(module.trainer.strategy.reduce(torch.tensor(len(rows), device=values.device), reduce_op="max"))
+        pad = size - len(rows)
+        rows = torch.cat([rows, rows.new_full((pad,), -1)])
+        values = torch.cat([values, values.new_zeros((pad, *values.shape[1:]))])
+        rows = module.trainer.strategy.all_gather(rows).reshape(-1)
+        values = module.trainer.strategy.all_gather(values).reshape(-1, *values.shape[1:])
+        kept = rows >= 0
+        rows, values = rows[kept], values[kept]
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= num_rows):
+        raise ValueError(f"row numbers out of range [0, {num_rows}): {int(rows.min())} .. {int(rows.max())}")
+    table = values.new_zeros((num_rows, *values.shape[1:]))
+    table[rows] = values
+    filled = torch.zeros(num_rows, dtype=torch.bool, device=rows.device)
+    filled[rows] = True
+    if not bool(filled.all()):
+        raise ValueError(f"{int((~filled).sum())} of {num_rows} rows were computed by no process")
+    return table

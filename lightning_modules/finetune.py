@@ -23,10 +23,10 @@ from evaluation.writers import glue_submission_filename, write_glue_predictions
 from lightning_modules.distributed import log_epoch_means, true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
+from models.inputs import model_inputs
 from models.last_layer import last_layer_at
 from models.pretrained import check_data_fits_model, load_pretrained
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Every data fact train.py links into the model (train.DATA_TO_MODEL_LINKS), kept out of hparams (see __init__).
 DATA_FACTS = ("task_name", "num_labels", "label_names", "is_regression", "vocab_size", "pad_token_id")
 
@@ -102,10 +102,6 @@ class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
         hp = self.hparams
         return configure_adamw_with_warmup(self, self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas,
                                            eps=hp.eps, warmup_steps=hp.warmup_steps, warmup_ratio=hp.warmup_ratio)
-
-    @staticmethod
-    def model_inputs(batch: dict) -> dict:
-        return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
     def prediction_dir(self) -> Path:
         if self.output_dir:
@@ -195,11 +191,13 @@ class SequenceClassificationModule(FineTuningModule):
         prefix = f"{stage}/" if len(self.eval_set_names) == 1 else f"{stage}/{set_name}/"
         return glue_metric_collection(self.metric_names, max(self.num_labels, 2), prefix=prefix)
 
-    def classify(self, batch: dict, labels: torch.Tensor | None = None):
-        """The model's output on a batch, its last layer run at the first token only (all the head reads:
-        models/last_layer.py, exact, ~14% fewer FLOPs for 6 layers); `.loss` too when `labels` are given."""
-        with last_layer_at(self.model):
-            return self.model(**self.model_inputs(batch), labels=labels)
+    def classify(self, batch: dict, labels: torch.Tensor | None = None, model: nn.Module | None = None):
+        """The output of `model` (default: the trained model) on a batch, its last layer run at the first token only
+        (all the head reads: models/last_layer.py, exact, ~14% fewer FLOPs for 6 layers); `.loss` too when `labels`
+        are given."""
+        model = self.model if model is None else model
+        with last_layer_at(model):
+            return model(**model_inputs(model, batch), labels=labels)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits (B, num_labels); (B, 1) for regression."""

@@ -13,7 +13,6 @@ Any Hugging Face masked LM given as a directory (`pretrained`) trains the same w
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
 from lightning_modules.throughput import FlopsPerBatchMixin
 from models.flops import TRAINING_FACTOR, forward_flops
+from models.inputs import model_inputs
 from models.last_layer import trimmable
 from models.mlm import IGNORE_INDEX, build_masked_lm, sparse_mlm_logits
 from models.pretrained import check_data_fits_model, max_input_length
@@ -94,7 +94,6 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
                     hidden_dropout_prob=hidden_dropout_prob, attention_probs_dropout_prob=attention_probs_dropout_prob,
                     max_seq_length=max_seq_length, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
         self.model = build_masked_lm(pretrained, arch=arch, vocab_size=vocab_size, pad_token_id=pad_token_id, **size)
-        self._takes_token_types = "token_type_ids" in inspect.signature(self.model.base_model.forward).parameters
         self.val_loss = MeanMetric()  # mean cross-entropy per masked token over the whole validation set
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self.val_accuracy = MulticlassAccuracy(num_classes=self.model.config.vocab_size, average="micro",
@@ -123,13 +122,12 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
     # ---- forward -----------------------------------------------------------------------------------------------
     def masked_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [n_masked, V], targets [n_masked]) for a masked batch."""
-        token_type_ids = batch.get("token_type_ids") if self._takes_token_types else None
+        inputs = model_inputs(self.model, batch)
         if self.hparams.sparse_prediction:
             logits, targets, _ = sparse_mlm_logits(self.model, batch["input_ids"], batch["attention_mask"],
-                                                   batch["labels"], token_type_ids=token_type_ids)
+                                                   batch["labels"], token_type_ids=inputs.get("token_type_ids"))
             return logits, targets
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+        logits = self.model(**inputs).logits
         selected = batch["labels"] != IGNORE_INDEX
         return logits[selected], batch["labels"][selected]
 

@@ -21,6 +21,7 @@ from evaluation.squad import postprocess_qa_predictions, squad_scores
 from evaluation.writers import write_squad_predictions
 from lightning_modules.distributed import log_epoch_means
 from lightning_modules.finetune import DATA_FACTS, FineTuningModule, gather_objects
+from models.inputs import model_inputs
 from models.pretrained import load_pretrained
 
 
@@ -69,10 +70,10 @@ class QuestionAnsweringModule(FineTuningModule):
 
     def forward(self, batch: dict):
         """The model output: `start_logits`, `end_logits` (B, T)."""
-        return self.model(**self.model_inputs(batch))
+        return self.model(**model_inputs(self.model, batch))
 
     def training_step(self, batch, batch_idx):
-        loss = self.model(**self.model_inputs(batch), start_positions=batch["start_positions"],
+        loss = self.model(**model_inputs(self.model, batch), start_positions=batch["start_positions"],
                           end_positions=batch["end_positions"]).loss
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # under DDP: the mean over all ranks
         return loss
@@ -81,7 +82,7 @@ class QuestionAnsweringModule(FineTuningModule):
     def _collect(self, batch, stage: str | None = None):
         """Keep each feature's logits; log the loss too where the batch has answer positions."""
         positions = {k: batch[k] for k in ("start_positions", "end_positions") if k in batch}
-        out = self.model(**self.model_inputs(batch), **(positions if len(positions) == 2 else {}))
+        out = self.model(**model_inputs(self.model, batch), **(positions if len(positions) == 2 else {}))
         if stage is not None and out.loss is not None:
             self.eval_losses[stage].update(out.loss.detach(), weight=len(out.start_logits))
         starts, ends = out.start_logits.float().cpu(), out.end_logits.float().cpu()

@@ -101,7 +101,8 @@ FIRST_TOKEN_HEAD_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "distil
 def trimmable(model: nn.Module, first_token_head: bool = False) -> bool:
     """Whether `last_layer_at` can trim `model`'s last layer (else it runs the model unchanged); with
     `first_token_head`, also whether the model's own classification head reads the first token alone."""
-    if first_token_head and getattr(getattr(model, "config", None), "model_type", None) not in FIRST_TOKEN_HEAD_TYPES:
+    if first_token_head and (getattr(getattr(model, "config", None), "model_type", None) not in FIRST_TOKEN_HEAD_TYPES
+                             or not type(model).__name__.endswith("ForSequenceClassification")):
         return False
     layers = _layer_list(model)
     return layers is not None and _projections(layers[-1]) is not None

@@ -24,7 +24,7 @@ from datamodules.glue import GLUEDataModule  # noqa: E402
 from evaluation.glue_metrics import glue_metric_collection, main_score, predictions_from_logits  # noqa: E402
 from evaluation.latency import measure_cpu_latency  # noqa: E402
 from evaluation.writers import atomic_write_text  # noqa: E402
-from lightning_modules.distill import accepted_inputs  # noqa: E402
+from models.inputs import model_inputs  # noqa: E402
 from lightning_modules.finetune import glue_task_metrics  # noqa: E402
 from models.pretrained import load_pretrained  # noqa: E402
 
@@ -37,7 +37,7 @@ def dev_scores(model, datamodule: GLUEDataModule, metric_names: list[str]) -> di
     loader = loader[0] if isinstance(loader, (list, tuple)) else loader
     metrics = glue_metric_collection(metric_names, max(datamodule.num_labels, 2))
     for batch in loader:
-        logits = model(**accepted_inputs(model, batch)).logits
+        logits = model(**model_inputs(model, batch)).logits
         metrics.update(predictions_from_logits(logits, datamodule.is_regression), batch["labels"])
     values = {k: 100.0 * float(v) for k, v in metrics.compute().items()}
     values["score"] = main_score(values, metric_names)

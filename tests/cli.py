@@ -35,8 +35,8 @@ class SignalAt(Callback):
 
 class LossLog(Callback):
     """A callback (`--trainer.callbacks+=tests.cli.LossLog`) that appends every training batch's (epoch, batch_idx,
-    global_step, loss, example_index) to the JSON-lines file `path` as it goes (so a run killed by a signal keeps
-    its lines)."""
+    global_step, loss, example_index or SQuAD's feature_index) to the JSON-lines file `path` as it goes (so a run
+    killed by a signal keeps its lines)."""
 
     def __init__(self, path: str):
         self.path = Path(path)
@@ -45,7 +45,8 @@ class LossLog(Callback):
         import json
 
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        rows = batch["example_index"] if "example_index" in batch else batch["feature_index"]  # GLUE / SQuAD
         record = {"epoch": trainer.current_epoch, "batch_idx": batch_idx, "step": trainer.global_step,
-                  "loss": float(loss), "examples": batch["example_index"].tolist()}
+                  "loss": float(loss), "examples": rows.tolist()}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -63,7 +63,8 @@ def steps(records: list[dict]) -> list[list[dict]]:
     return [list(batch) for batch in zip(*per_rank)]
 
 
-def assert_same_steps_and_losses(single: list[dict], double: list[dict], n_loss_steps: int = 3) -> None:
+def assert_same_steps_and_losses(single: list[dict], double: list[dict], n_loss_steps: int = 3,
+                                 tolerance: float = LOSS_TOLERANCE) -> None:
     """Step k of the 2-process run = step k of the 1-process run: the same examples, the same loss."""
     (one,) = single
     two = steps(double)
@@ -74,7 +75,7 @@ def assert_same_steps_and_losses(single: list[dict], double: list[dict], n_loss_
         assert a + b == batch["indices"], f"step {k}: 2 processes saw {a} + {b}, 1 process {batch['indices']}"
     for k in range(n_loss_steps):
         mean_over_ranks = sum(s["loss"] for s in two[k]) / 2
-        assert mean_over_ranks == pytest.approx(one["train"][k]["loss"], abs=LOSS_TOLERANCE), f"step {k}"
+        assert mean_over_ranks == pytest.approx(one["train"][k]["loss"], abs=tolerance), f"step {k}"
 
 
 def assert_validation_once(records: list[dict], dev_size: int) -> None:
@@ -207,21 +208,36 @@ def test_general_distillation_two_processes_match_one(tmp_path, monkeypatch, dat
     assert_same_val_metrics(single, double, ["val/loss", "val_distill/loss"])
 
 
-def test_task_distillation_on_two_processes(tmp_path, data_dir, tiny_classifier_dir):
-    out = tmp_path / "two"
-    run_two_processes(["--config", str(CONFIGS / "distill" / "glue.yaml"),
-                       f"--model.init_args.teacher={tiny_classifier_dir}", "--model.init_args.student_layers=[0]",
-                       f"--data.init_args.tokenizer={tiny_classifier_dir}", f"--data.init_args.data_dir={data_dir}",
-                       "--data.init_args.task_name=sst2", "--data.init_args.max_seq_length=32",
-                       "--data.init_args.batch_size=3", "--data.init_args.eval_batch_size=5",
-                       "--data.init_args.max_eval_samples=11", "--trainer.max_epochs=1",
-                       "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={out}",
-                       f"--trainer.logger.init_args.save_dir={out}", recorder(out)], tmp_path)
-    records = load_records(out)
+def test_task_distillation_on_two_processes_matches_one(tmp_path, monkeypatch, data_dir, wordpiece_tokenizer_dir):
+    from transformers import BertForSequenceClassification
+
+    from tests.lightning_modules.test_teacher_cache import save_teacher
+
+    # a teacher whose logits differ by O(1) between examples: logits of the wrong example would show in the losses
+    teacher = save_teacher(BertForSequenceClassification, tmp_path / "teacher", wordpiece_tokenizer_dir,
+                           num_labels=2, id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
+
+    def args(out: Path, batch_size: int, *extra: str) -> list[str]:
+        return ["--config", str(CONFIGS / "distill" / "glue.yaml"), f"--model.init_args.teacher={teacher}",
+                "--model.init_args.student_layers=[0]", f"--data.init_args.tokenizer={teacher}",
+                f"--data.init_args.data_dir={data_dir}", "--data.init_args.task_name=sst2",
+                "--data.init_args.max_seq_length=32", f"--data.init_args.batch_size={batch_size}",
+                "--data.init_args.eval_batch_size=5", "--data.init_args.max_eval_samples=11", "--trainer.max_epochs=1",
+                "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={out}",
+                f"--trainer.logger.init_args.save_dir={out}", recorder(out), *extra]
+
+    # 2 processes: each computes the cached teacher logits of half the rows, all-gathered; 1 process: the teacher's
+    # forward at every step
+    run_two_processes(args(tmp_path / "two", 3), tmp_path)
+    run_one_process(args(tmp_path / "one", 6, "--model.init_args.cache_teacher_logits=false"), tmp_path, monkeypatch)
+    records, single = load_records(tmp_path / "two"), load_records(tmp_path / "one")
     # 24 train rows, global batch 6: 4 steps, each rank its own 3 examples, together the whole epoch
     shards = [[i for b in r["train"] for i in b["indices"]] for r in records]
     assert [len(s) for s in shards] == [12, 12] and set(shards[0]) | set(shards[1]) == set(range(24))
     assert all(r["global_step"] == 4 for r in records)
+    # the soft and hard terms are means over examples; the teacher's logits differ by float rounding between the
+    # cache's batches and the training batches (tests/lightning_modules/test_teacher_cache.py)
+    assert_same_steps_and_losses(single, records, n_loss_steps=4, tolerance=1e-4)
     assert_validation_once(records, 11)
 
 

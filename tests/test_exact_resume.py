@@ -77,8 +77,11 @@ def recipe_args(recipe: str, data_dir: Path, models: dict) -> list[str]:
     if recipe == "general_distillation":
         return ["--config", str(CONFIGS / "distill" / "roberta_general.yaml"), *data,
                 f"--data.init_args.tokenizer={models['roberta']}", f"--model.init_args.teacher={models['roberta']}"]
+    # 10 rows: 5 batches an epoch, so the 6 steps are more than an epoch and the teacher's logits come from the cache
+    # that fit builds (lightning_modules/distill_tasks.py), again on resume
     return ["--config", str(CONFIGS / "distill" / "glue.yaml"), *data, "--data.init_args.task_name=sst2",
-            f"--data.init_args.tokenizer={models['classifier']}", f"--model.init_args.teacher={models['classifier']}"]
+            "--data.init_args.max_train_samples=10", f"--data.init_args.tokenizer={models['classifier']}",
+            f"--model.init_args.teacher={models['classifier']}"]
 
 
 def losses(path: Path) -> dict[int, tuple]:

@@ -170,7 +170,7 @@ def test_nan_distillation_term_stops_naming_it_and_keeps_the_good_checkpoint_and
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert error_line(capsys.readouterr()) == (
         "error: training stopped at global step 3 (epoch 0, batch 3): non-finite loss terms: train/loss=nan, "
-        "train/loss_ce=nan (finite: train/loss_cos, train/loss_hard). Nothing was applied to the weights, "
+        "train/loss_ce=nan (finite: train/loss_hard). Nothing was applied to the weights, "
         f"checkpointed or exported after it; the last good checkpoint is {last}. Lower the learning rate or clip "
         "gradients (--trainer.gradient_clip_val 1.0), then start again or resume from that checkpoint")
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)

@@ -52,7 +52,10 @@ def test_windows_positions_and_offsets(squad_dm, tmp_path, request, tokenizer, v
     batch = next(iter(dm.val_dataloader()))
     assert batch["feature_index"].tolist() == [0, 1, 2, 3] and "offset_mapping" not in batch
     train_batch = next(iter(dm.train_dataloader()))
-    assert {"start_positions", "end_positions"} <= set(train_batch) and "feature_index" not in train_batch
+    assert {"start_positions", "end_positions"} <= set(train_batch) and "offset_mapping" not in train_batch
+    # the windows' rows in the training split, in the shuffled order (keys of the cached teacher logits)
+    for i, ids, mask in zip(*(train_batch[k].tolist() for k in ("feature_index", "input_ids", "attention_mask"))):
+        assert [t for t, m in zip(ids, mask) if m] == dm.train_dataset[i]["input_ids"]
 
 
 def test_article_ranges_and_max_samples(squad_dm, tmp_path):

@@ -47,8 +47,9 @@ def test_glue_fast_dev_run_trains_the_student_only(tmp_path, data_dir, tiny_bert
     assert type(module.model).__name__ == "DistilBertForSequenceClassification"
     assert module.model.config.n_layers == 3 and module.layer_map == [0, 2, 4]
     logged = cli.trainer.logged_metrics
-    for key in ("train/loss", "train/loss_ce", "train/loss_hard", "train/loss_cos", "val/accuracy", "val/score"):
+    for key in ("train/loss", "train/loss_ce", "train/loss_hard", "val/accuracy", "val/score"):
         assert key in logged, key
+    assert "train/loss_cos" not in logged  # alpha_cos 0 (the config's): not computed
     assert not module.teacher.training
     assert all(not p.requires_grad for p in module.teacher.parameters())
     assert not any(k.startswith("teacher.") for k in module.state_dict())
