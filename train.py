@@ -2,7 +2,10 @@
 
 LightningCLI in subclass mode: every config names its LightningModule (`model.class_path`) and DataModule
 (`data.class_path`). Facts only the data knows (number of labels, label names, vocabulary size, ...) are linked
-into the model once the DataModule is instantiated; a link whose target the chosen model lacks is skipped.
+into the model once the DataModule is instantiated; a link whose target the chosen model lacks is skipped, and a
+value given to a linked model argument (`--model.init_args.label_names`) is refused, naming the data option to set.
+Every run validates once more when `max_steps` ends it inside an epoch, and `fit`/`validate`/`test` end with a table
+of the final metrics (callbacks/run_end.py).
 
 Errors (`run`, what `python train.py` calls): bad input (a data file, a model or tokenizer directory, a checkpoint, a
 misspelt option, a wrong class_path, an unknown task, ...) is printed as `error: <the cause>` on one line, naming the
@@ -29,10 +32,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from callbacks.run_end import add_run_end_callbacks
 from models.convert import CheckpointFileError, check_checkpoint_file
 
-# DataModule attribute -> LightningModule init argument (see docs/ARCHITECTURE.md, "Data facts").
-DATA_TO_MODEL_LINKS = ("task_name", "num_labels", "label_names", "is_regression", "vocab_size", "pad_token_id")
+# DataModule attribute -> LightningModule init argument (see docs/ARCHITECTURE.md, "Data facts"), and the data
+# option that decides each (named when a model-side value is refused).
+DATA_TO_MODEL_LINKS = ("task_name", "num_labels", "label_names", "label_display_names", "is_regression", "vocab_size",
+                       "pad_token_id")
+DATA_OPTIONS = {"task_name": "data.init_args.task_name", "num_labels": "data.init_args.label_names or label_map",
+                "label_names": "data.init_args.label_names", "is_regression": "data.init_args.is_regression",
+                "label_display_names": "data.init_args.label_names or data.init_args.label_map",
+                "vocab_size": "data.init_args.tokenizer", "pad_token_id": "data.init_args.tokenizer"}
 
 
 def default_precision() -> str:
@@ -82,6 +92,22 @@ class CommandLineError(ValueError):
     """A command line or config file the parser refused (unknown option, wrong class_path, bad value)."""
 
 
+def refuse_linked_model_values(config) -> None:
+    """A linked model argument with a value other than its default would be overwritten by the data's: refuse it."""
+    subcommand = config.get("subcommand")
+    model = (config[subcommand] if subcommand else config).get("model")
+    class_path = model.get("class_path") if model is not None else None
+    if not class_path:
+        return
+    module, _, name = class_path.rpartition(".")
+    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    given = model.get("init_args") or {}
+    for fact in DATA_TO_MODEL_LINKS:
+        if fact in parameters and fact in given and given[fact] != parameters[fact].default:
+            raise CommandLineError(f"model.init_args.{fact}: comes from the data (train.py links the DataModule's "
+                                   f"{fact} into the model); set {DATA_OPTIONS[fact]} instead")
+
+
 class MissingCheckpointError(FileNotFoundError):
     """`--ckpt_path last` with no last checkpoint to resume."""
 
@@ -128,6 +154,13 @@ class LitBertCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
             raise CommandLineError(condense_parser_error(str(err), parser, args)) from err
+        refuse_linked_model_values(self.config)
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):  # callbacks/run_end.py prints the table (--verbose: Lightning's too)
+            parser.set_defaults(verbose=False)
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyper-parameters here, before anything is built: check the file first,
@@ -146,6 +179,7 @@ class LitBertCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         default_checkpoint_dirs(trainer)
+        add_run_end_callbacks(trainer)
         return trainer
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:

@@ -1,8 +1,8 @@
 """LitBertDataModule: what every litbert DataModule shares.
 
 - the tokenizer (any Hugging Face fast tokenizer, `models.pretrained.load_tokenizer`) and the data facts that
-  train.py links into the model (`task_name`, `num_labels`, `label_names`, `is_regression`, `vocab_size`,
-  `pad_token_id`), all set in `__init__`;
+  train.py links into the model (`task_name`, `num_labels`, `label_names`, `label_display_names`, `is_regression`,
+  `vocab_size`, `pad_token_id`), all set in `__init__`;
 - DATA_DIR resolution (`data_dir` argument, else `$DATA_DIR`, else `./data`);
 - an on-disk cache of tokenized `datasets.Dataset`s keyed by the tokenizer's content, the source files' content and
   every setting that changes the result (written to a temporary folder and renamed: never half-written);
@@ -175,7 +175,8 @@ class LitBertDataModule(pl.LightningDataModule):
         # Data facts (docs/ARCHITECTURE.md); subclasses overwrite what applies to them.
         self.task_name: str | None = None
         self.num_labels: int | None = None
-        self.label_names: list[str] | None = None
+        self.label_names: list[str] | None = None  # the data's label strings, in id order
+        self.label_display_names: list[str] | None = None  # what each id means, for the model's id2label
         self.is_regression: bool = False
         self.vocab_size = len(self.tokenizer)
         self.pad_token_id = self.tokenizer.pad_token_id
@@ -334,5 +335,5 @@ class LitBertDataModule(pl.LightningDataModule):
 
     def state_summary(self) -> dict:
         """The data facts as a dict (for logs and model cards)."""
-        return {k: getattr(self, k) for k in ("task_name", "num_labels", "label_names", "is_regression",
-                                              "vocab_size", "pad_token_id")}
+        return {k: getattr(self, k) for k in ("task_name", "num_labels", "label_names", "label_display_names",
+                                              "is_regression", "vocab_size", "pad_token_id")}

@@ -143,6 +143,16 @@ def delimiter_hint(cells: list[str], path: Path) -> str:
     return ""
 
 
+def first_row_width(path: Path, encoding: str = "utf-8") -> int:
+    """Columns of the first non-blank row of a TSV/CSV file, reading no further (0 for a file without rows)."""
+    quoting = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if file_format(path) == "tsv" else {}
+    with open(path, encoding=encoding, errors="replace", newline="") as handle:
+        for row in csv.reader(handle, **quoting):
+            if row and not (len(row) == 1 and not row[0].strip()):
+                return len(row)
+    return 0
+
+
 def read_table(path: Path, header: bool = True, encoding: str = "utf-8") -> Table:
     """Read a TSV (quoting off), CSV or JSON-lines file; every row must have as many columns as the first line.
 

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.base import LitBertDataModule, file_digest, key_digest, resolve_data_file
-from datamodules.files import DataFormatError, Table, read_table
+from datamodules.files import DataFormatError, Table, first_row_width, read_table
 
 BATCH_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "labels", "example_index"]
 
@@ -36,12 +36,13 @@ class TaskSpec:
     test_text_columns: tuple | None = None  # test.tsv names its columns differently (CoLA)
     hub_text_columns: tuple = ("sentence1", "sentence2")
     hub_label_names: tuple[str, ...] | None = ("0", "1")
-    # What the labels mean, for a model's `id2label` (the hub's glue names); the files' strings where None.
+    # What the labels mean, for a model's `id2label` (the hub's glue names, or your display names for coded labels);
+    # the files' strings where None.
     readable_label_names: tuple[str, ...] | None = None
 
     @property
     def model_label_names(self) -> tuple[str, ...] | None:
-        """Label names for `config.id2label`: readable where the files say only 0/1."""
+        """Label names for `config.id2label`: readable where the files say only 0/1 (or 1..4)."""
         return self.readable_label_names or self.label_names
 
     @property
@@ -100,6 +101,14 @@ def infer_label_names(values: list[str]) -> list[str]:
         return sorted(distinct)
 
 
+def custom_task_metrics(num_labels: int, is_regression: bool) -> tuple[str, ...]:
+    """Metrics of your own task (`custom`): Pearson/Spearman for regression, accuracy + F1 (of label id 1) for two
+    labels, accuracy otherwise. The one rule, read by the DataModule's spec and by the fine-tuning module."""
+    if is_regression:
+        return ("pearson", "spearman")
+    return ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
+
+
 def tokenize_pairs(batch: dict, tokenizer, max_seq_length: int) -> dict:
     """Tokenize one column or a pair (`text_b`), truncating the longest side to `max_seq_length`."""
     pair = [batch["text_b"]] if "text_b" in batch else []
@@ -120,7 +129,10 @@ class GLUEDataModule(LitBertDataModule):
         max_train_samples / max_eval_samples: keep the FIRST N rows of each split (deterministic), for quick runs.
         train_file / validation_file / test_file: custom files (.csv, .tsv, .jsonl), relative to data_dir or absolute.
         text_columns: one or two columns (header names, JSON keys, or 0-based indices when header is false).
-        label_column: the label column; label_names: the label list (None: the train file's labels, sorted).
+        label_column: the label column.
+        label_names: the labels in id order, or display names for the sorted labels of the files (when they are
+            not those labels and there are as many); None: the train (else validation) file's labels, sorted.
+        label_map: raw label -> display name (e.g. {1: World, 2: Sports}); ids follow the sorted raw labels.
         header: whether CSV/TSV files start with a header line. is_regression: float labels (num_labels 1).
         encoding: the files' text encoding.
     """
@@ -152,6 +164,7 @@ class GLUEDataModule(LitBertDataModule):
         label_column: str | int | None = None,
         header: bool = True,
         label_names: list[str] | None = None,
+        label_map: dict[str | int, str] | None = None,
         is_regression: bool = False,
         encoding: str = "utf-8",
     ):
@@ -166,13 +179,16 @@ class GLUEDataModule(LitBertDataModule):
         self.header = header
         if self.task_name == "custom":
             self.spec = self._custom_spec(train_file, validation_file, test_file, text_columns, label_column,
-                                          label_names, is_regression)
+                                          label_names, label_map, is_regression)
             self.files = {"train": [("train", train_file)], "dev": [("dev", validation_file)],
                           "test": [("test", test_file)]}
         else:
             if hub_name is None and any(x is not None for x in (train_file, validation_file, test_file)):
                 raise ValueError(f"train_file/validation_file/test_file are for task_name 'custom', not "
                                  f"{self.task_name!r} (whose files are {data_dir or '$DATA_DIR'}/glue/<TASK>/)")
+            if label_names is not None or label_map is not None:
+                raise ValueError(f"label_names/label_map are for task_name 'custom'; {self.task_name!r} has its "
+                                 f"own labels")
             self.spec = GLUE_TASKS[self.task_name]
             self.header = self.spec.header
             glue_dir = Path("glue") / self.spec.folder
@@ -181,6 +197,7 @@ class GLUEDataModule(LitBertDataModule):
                           "test": [(n, str(glue_dir / f)) for n, f, _ in self.spec.test_files]}
         self.num_labels = self.spec.num_labels
         self.label_names = None if self.spec.is_regression else list(self.spec.label_names)
+        self.label_display_names = None if self.spec.is_regression else list(self.spec.model_label_names)
         self.is_regression = self.spec.is_regression
         self.val_split_names = [name for name, _ in self.files["dev"]]
         self.predict_split_names = [name for name, _ in self.files[predict_split]]
@@ -189,28 +206,56 @@ class GLUEDataModule(LitBertDataModule):
         self.predict_datasets: list = []
 
     def _custom_spec(self, train_file, validation_file, test_file, text_columns, label_column, label_names,
-                     is_regression) -> TaskSpec:
+                     label_map, is_regression) -> TaskSpec:
         if not text_columns or len(text_columns) > 2 or label_column is None:
             raise ValueError("task_name 'custom' needs text_columns (one or two columns) and label_column")
         if train_file is None and validation_file is None and test_file is None:
             raise ValueError("task_name 'custom' needs train_file and/or validation_file (or test_file)")
+        if label_names is not None and label_map is not None:
+            raise ValueError("give label_names or label_map, not both")
+        display = None
         if is_regression:
-            label_names = None
-        elif label_names is None:
-            if train_file is None:
-                raise ValueError("task_name 'custom' without train_file needs label_names")
-            table = self._read(train_file)
-            for column in text_columns:  # fail now, not at setup, if a text column is wrong
-                table.column_reader(column)
-            values = table.values(label_column)
-            label_names = infer_label_names(values)
-            if not label_names:
-                raise DataFormatError(f"{table.path}: no rows, so no labels to infer; give label_names")
-        metrics = (("pearson", "spearman") if is_regression
-                   else ("accuracy", "f1") if len(label_names) == 2 else ("accuracy",))
-        return TaskSpec("custom", "", tuple(text_columns), label_column,
-                        None if is_regression else tuple(str(x) for x in label_names), metrics, metrics[0],
-                        header=self.header, hub_label_names=None)
+            if label_names is not None or label_map is not None:
+                raise ValueError("label_names/label_map name classes; is_regression is true (float labels)")
+            raw = None
+        elif label_map is not None:  # ids follow the sorted raw labels, as when they are read from a file
+            names = {str(code).strip(): str(name) for code, name in label_map.items()}
+            raw = tuple(infer_label_names(list(names)))
+            display = tuple(names[code] for code in raw)
+        else:
+            raw, display = self._custom_labels(train_file or validation_file, text_columns, label_column, label_names)
+        if display is not None and len(set(display)) != len(display):
+            raise ValueError(f"display names {list(display)} repeat a name: give one name per label")
+        if display == raw:
+            display = None
+        metrics = custom_task_metrics(len(raw or ()), is_regression)
+        return TaskSpec("custom", "", tuple(text_columns), label_column, raw, metrics, metrics[0],
+                        header=self.header, hub_label_names=None, readable_label_names=display)
+
+    def _custom_labels(self, labelled_file, text_columns, label_column, label_names):
+        """(labels in id order, display names or None): the labelled file's labels, sorted, named by `label_names`
+        when those are not the labels themselves."""
+        if labelled_file is None:
+            if label_names is None:
+                raise ValueError("task_name 'custom' with only a test_file needs label_names or label_map")
+            return tuple(str(x) for x in label_names), None  # nothing to compare with: the labels themselves
+        table = self._read(labelled_file)
+        for column in text_columns:  # fail now, not at setup, if a text column is wrong
+            table.column_reader(column)
+        found = infer_label_names(table.values(label_column))
+        if not found:
+            raise DataFormatError(f"{table.path}: no rows, so no labels to infer; give label_names")
+        if label_names is None:
+            return tuple(found), None
+        names = tuple(str(x) for x in label_names)
+        if set(found) <= set(names):
+            return names, None  # the labels themselves, in the id order given
+        if len(names) == len(found) and not set(found) & set(names):
+            return tuple(found), names  # display names of the sorted labels
+        # other counts, or names of which only some are labels (a typo would otherwise rename the classes)
+        raise ValueError(f"label_names {list(names)}: {table.path} has the labels {found}; give those labels (in the "
+                         f"id order you want), or {len(found)} display names for them in this order, or label_map "
+                         f"(label -> display name)")
 
     # ---- reading ------------------------------------------------------------------------------------------------
     def _read(self, relative: str) -> Table:
@@ -231,19 +276,41 @@ class GLUEDataModule(LitBertDataModule):
         return out
 
     def _read_file_columns(self, relative: str, split: str) -> dict:
-        """text_a, [text_b], [labels] from a file; test files may lack the label column (GLUE test.tsv)."""
+        """text_a, [text_b], [labels] from a file; test files may lack the label column (GLUE test.tsv, your own
+        unlabelled files) or leave it empty."""
         # GLUE test.tsv files all have a header line, CoLA's too (with other column names).
         header = True if split == "test" and self.task_name != "custom" else self.header
         table = read_table(resolve_data_file(self.data_dir, relative), header=header, encoding=self.encoding)
         use_test_columns = split == "test" and self.spec.test_text_columns is not None
         text_columns = self.spec.test_text_columns if use_test_columns else self.spec.text_columns
+        label_column = self.spec.label_column
+        if split == "test" and self.task_name == "custom" and table.header is None and not table.is_json:
+            text_columns, label_column = self._headerless_test_layout(table)
         columns = {name: [str(v) for v in table.values(col)] for name, col in zip(("text_a", "text_b"), text_columns)}
-        has_labels = table.column_reader(self.spec.label_column, required=False) is not None
-        if self.task_name != "custom" and table.header is not None and not isinstance(self.spec.label_column, str):
+        has_labels = label_column is not None and table.column_reader(label_column, required=False) is not None
+        if self.task_name != "custom" and table.header is not None and not isinstance(label_column, str):
             has_labels = False  # CoLA's test.tsv: a header, and its label column index points at text
-        if split != "test" or has_labels:
-            columns["labels"] = self._labels(table, table.values(self.spec.label_column))
+        raw = table.values(label_column) if has_labels else []
+        if split == "test" and all(v is None or not str(v).strip() for v in raw):
+            has_labels = False  # an unlabelled file that keeps the label column, empty (or null in JSON lines)
+        if split != "test" or has_labels:  # a labelled split without the column: `values` names what is missing
+            columns["labels"] = self._labels(table, raw or table.values(label_column))
         return columns
+
+    def _headerless_test_layout(self, table: Table) -> tuple[tuple, int | None]:
+        """(text columns, label column or None) of a headerless custom test file: the labelled layout (as wide as the
+        train/validation file), or that layout without its label column (one column fewer, later indices shift)."""
+        labelled = next((f for name, f in (*self.files["train"], *self.files["dev"]) if f is not None), None)
+        width = (first_row_width(resolve_data_file(self.data_dir, labelled), self.encoding) if labelled
+                 else max(int(c) for c in (*self.spec.text_columns, self.spec.label_column)) + 1)
+        label = int(self.spec.label_column)
+        found = len(table.rows[0])
+        if found == width:
+            return self.spec.text_columns, label
+        if found == width - 1:
+            return tuple(int(c) - (int(c) > label) for c in self.spec.text_columns), None
+        raise DataFormatError(f"{table.path}, line {table.line_numbers[0]}: expected {width} columns (the labelled "
+                              f"layout) or {width - 1} (without the label column {label}), found {found}")
 
     def _read_hub_columns(self, hub_split: str) -> tuple[dict, str]:
         from datasets import load_dataset

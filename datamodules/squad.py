@@ -15,6 +15,8 @@ import json
 from functools import partial
 from pathlib import Path
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
 from datamodules.base import LitBertDataModule, file_digest, key_digest, resolve_data_file
 from datamodules.files import DataFormatError, decode_text_file
 
@@ -37,12 +39,16 @@ def load_squad_json(path: Path) -> dict:
     return data
 
 
-def is_squad_v2(data: dict) -> bool:
-    """v2.0 when the file says so (`"version": "v2.0"`) or any question has `is_impossible`."""
-    if str(data.get("version", "")).lstrip("v").startswith("2"):
-        return True
-    return any("is_impossible" in qa for article in data["data"] for p in article.get("paragraphs", ())
-               for qa in p.get("qas", ()))
+def count_unanswerable(data: dict) -> tuple[int, int]:
+    """(unanswerable questions, all questions) of a SQuAD JSON: unanswerable = `is_impossible: true` or no answers.
+    (A file whose questions all carry `is_impossible: false` has none: it is scored as v1.1.)"""
+    def items(obj, key):  # tolerant: a malformed entry is reported by `read_squad_examples`, naming it
+        value = obj.get(key) if isinstance(obj, dict) else None
+        return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
+
+    questions = [qa for article in data["data"] for paragraph in items(article, "paragraphs")
+                 for qa in items(paragraph, "qas")]
+    return sum(qa.get("is_impossible") is True or not qa.get("answers") for qa in questions), len(questions)
 
 
 def align_answer(context: str, text: str, start: int) -> tuple[str, int] | None:
@@ -164,7 +170,8 @@ class SQuADDataModule(LitBertDataModule):
         train_articles / eval_articles: `[start, end)` article ranges of each file (None: every article). Defaults
             are the convention for the shared data: train on dev-v1.1's articles 0-37, evaluate on 38-47.
         doc_stride: tokens of overlap between consecutive windows of a long context.
-        version_2_with_negative: None detects v2.0 from the eval file (`version` or `is_impossible`).
+        version_2_with_negative: v2.0 scoring (the null answer) or v1.1; None: v2.0 exactly when the eval file has
+            unanswerable questions (`is_impossible: true` or no answers). The choice is printed once.
         max_train_samples / max_eval_samples: keep the FIRST N questions (after the article range).
     """
 
@@ -204,7 +211,15 @@ class SQuADDataModule(LitBertDataModule):
         self.max_samples = {"train": max_train_samples, "eval": max_eval_samples}
         eval_path = resolve_data_file(self.data_dir, eval_file)
         if version_2_with_negative is None:
-            version_2_with_negative = is_squad_v2(load_squad_json(eval_path))
+            unanswerable, total = count_unanswerable(load_squad_json(eval_path))
+            version_2_with_negative = unanswerable > 0
+            why = (f"{unanswerable} of the {total} questions of {eval_path} are unanswerable" if unanswerable else
+                   f"every question of {eval_path} has an answer")
+        else:
+            why = f"data.init_args.version_2_with_negative={version_2_with_negative}"
+        if rank_zero_only.rank == 0:
+            print(f"SQuAD {'v2.0' if version_2_with_negative else 'v1.1'} scoring "
+                  f"({'with' if version_2_with_negative else 'without'} the null answer): {why}")
         self.version_2_with_negative = version_2_with_negative
         self.task_name = "squad_v2" if version_2_with_negative else "squad"
         self.train_dataset = self.eval_features = self.eval_examples = None

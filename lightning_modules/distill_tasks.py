@@ -176,8 +176,8 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 1.0, alpha_hard: float = 1.0, alpha_cos: float = 0.0,
                  cos_layers: str | list[list[int]] = "last", cache_teacher_logits: bool = True,
-                 task_name: str = "custom", num_labels: int = 2,
-                 label_names: list[str] | None = None, is_regression: bool = False, lr: float = 1e-4,
+                 task_name: str = "custom", num_labels: int = 2, label_names: list[str] | None = None,
+                 label_display_names: list[str] | None = None, is_regression: bool = False, lr: float = 1e-4,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.05, warmup_steps: int | None = None,
                  betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, classifier_dropout: float | None = None,
                  metric_names: list[str] | None = None, main_metrics: list[str] | None = None,
@@ -185,9 +185,10 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
         if alpha_hard < 0:
             raise ValueError(f"alpha_hard must be >= 0, got {alpha_hard}")
         super().__init__(pretrained=teacher, task_name=task_name, num_labels=num_labels, label_names=label_names,
-                         is_regression=is_regression, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                         warmup_steps=warmup_steps, betas=betas, eps=eps, classifier_dropout=classifier_dropout,
-                         metric_names=metric_names, main_metrics=main_metrics, output_dir=output_dir)
+                         label_display_names=label_display_names, is_regression=is_regression, lr=lr,
+                         weight_decay=weight_decay, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, betas=betas,
+                         eps=eps, classifier_dropout=classifier_dropout, metric_names=metric_names,
+                         main_metrics=main_metrics, output_dir=output_dir)
         self.save_own_hyperparameters()
         # the same label configuration the parent gave the teacher, for a student loaded from a directory
         student_kwargs = {k: getattr(self.model.config, k) for k in ("num_labels", "problem_type", "id2label",

@@ -28,7 +28,8 @@ from models.last_layer import last_layer_at
 from models.pretrained import check_data_fits_model, load_pretrained
 
 # Every data fact train.py links into the model (train.DATA_TO_MODEL_LINKS), kept out of hparams (see __init__).
-DATA_FACTS = ("task_name", "num_labels", "label_names", "is_regression", "vocab_size", "pad_token_id")
+DATA_FACTS = ("task_name", "num_labels", "label_names", "label_display_names", "is_regression", "vocab_size",
+              "pad_token_id")
 
 
 def gather_objects(obj: Any) -> list:
@@ -40,31 +41,19 @@ def gather_objects(obj: Any) -> list:
     return [obj]
 
 
-def glue_task_metrics(task_name: str, is_regression: bool) -> tuple[list[str], list[str]]:
+def glue_task_metrics(task_name: str, is_regression: bool, num_labels: int = 2) -> tuple[list[str], list[str]]:
     """(metric names, evaluation set names) of a task, from the spec table `datamodules.glue.GLUE_TASKS`.
 
-    Tasks outside the table (task "custom": your own files) get accuracy (the DataModule's
-    custom spec adds F1 for two labels: pass metric_names for it), or Pearson/Spearman for regression.
+    Tasks outside the table (task "custom": your own files) follow `datamodules.glue.custom_task_metrics`:
+    accuracy, plus F1 for two labels, or Pearson/Spearman for regression.
     """
-    from datamodules.glue import GLUE_TASKS, normalize_task_name
+    from datamodules.glue import GLUE_TASKS, custom_task_metrics, normalize_task_name
 
     name = normalize_task_name(task_name) if task_name else "custom"
     if name in GLUE_TASKS:
         spec = GLUE_TASKS[name]
         return list(spec.metrics), [set_name for set_name, _, _ in spec.dev_files]
-    return (["pearson", "spearman"] if is_regression else ["accuracy"]), ["dev"]
-
-
-def model_label_names(task_name: str | None, label_names: list[str]) -> list[str]:
-    """Names for `config.id2label`: a GLUE task's readable names (SST-2: negative/positive, not 0/1) when the labels
-    are that task's own, else the label names as given (the prediction files keep the data's label strings)."""
-    from datamodules.glue import GLUE_TASKS, normalize_task_name
-
-    name = normalize_task_name(task_name) if task_name else "custom"
-    spec = GLUE_TASKS.get(name)
-    if spec is not None and spec.label_names is not None and tuple(label_names) == spec.label_names:
-        return list(spec.model_label_names)
-    return list(label_names)
+    return list(custom_task_metrics(num_labels, is_regression)), ["dev"]
 
 
 class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
@@ -130,8 +119,9 @@ class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
 class SequenceClassificationModule(FineTuningModule):
     """Sequence classification (GLUE, your own labelled files) or regression (STS-B) on any encoder checkpoint.
 
-    `task_name`, `num_labels`, `label_names`, `is_regression` come from the DataModule (train.py links them). The
-    label names become `config.id2label`/`label2id`, so an export carries them. Metrics (in percent) follow the
+    `task_name`, `num_labels`, `label_names`, `label_display_names`, `is_regression` come from the DataModule
+    (train.py links them). The display names (else the label names) become `config.id2label`/`label2id`, so an export
+    carries them; prediction files keep `label_names`, the data's own strings. Metrics (in percent) follow the
     task's spec in `datamodules.glue`; `val/score` is the task's main score (the mean of its pair where two, and over
     both MNLI dev sets), the one to select checkpoints on. `predict` writes the GLUE submission TSV(s).
 
@@ -141,7 +131,8 @@ class SequenceClassificationModule(FineTuningModule):
     """
 
     def __init__(self, pretrained: str, task_name: str = "custom", num_labels: int = 2,
-                 label_names: list[str] | None = None, is_regression: bool = False, lr: float = 5e-5,
+                 label_names: list[str] | None = None, label_display_names: list[str] | None = None,
+                 is_regression: bool = False, lr: float = 5e-5,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, warmup_steps: int | None = None,
                  betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, classifier_dropout: float | None = None,
                  metric_names: list[str] | None = None, main_metrics: list[str] | None = None,
@@ -149,8 +140,9 @@ class SequenceClassificationModule(FineTuningModule):
         super().__init__(pretrained, task_name, lr, weight_decay, warmup_ratio, warmup_steps, betas, eps, output_dir)
         if is_regression:
             num_labels = 1
-        if label_names is not None and len(label_names) != num_labels:
-            raise ValueError(f"label_names {label_names} has {len(label_names)} entries but num_labels is {num_labels}")
+        for name, names in (("label_names", label_names), ("label_display_names", label_display_names)):
+            if names is not None and len(names) != num_labels:
+                raise ValueError(f"{name} {names} has {len(names)} entries but num_labels is {num_labels}")
         # The data facts are left out of hparams: the DataModule's hparams hold its raw arguments under the same names
         # (e.g. label_names None = "infer"), and Lightning refuses to log two differing values for one key; and
         # LightningCLI stores links this module has no argument for (vocab_size), which `--ckpt_path` would pass back.
@@ -160,8 +152,8 @@ class SequenceClassificationModule(FineTuningModule):
 
         config_kwargs = {"num_labels": num_labels,
                          "problem_type": "regression" if is_regression else "single_label_classification"}
-        if label_names:
-            names = model_label_names(task_name, label_names)
+        names = label_display_names or label_names
+        if names:
             config_kwargs["id2label"] = dict(enumerate(names))
             config_kwargs["label2id"] = {name: i for i, name in enumerate(names)}
         if classifier_dropout is not None:
@@ -169,7 +161,7 @@ class SequenceClassificationModule(FineTuningModule):
         self.model = load_pretrained(AutoModelForSequenceClassification, pretrained, **config_kwargs)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
 
-        spec_metrics, self.eval_set_names = glue_task_metrics(task_name, is_regression)
+        spec_metrics, self.eval_set_names = glue_task_metrics(task_name, is_regression, num_labels)
         self.metric_names = metric_names or spec_metrics
         # GLUE convention: a task with two figures (MRPC/QQP F1 + accuracy, STS-B Pearson + Spearman) scores their mean
         self.main_metrics = main_metrics or self.metric_names

@@ -74,6 +74,7 @@ def main(argv=None):
     parser.add_argument("--student", required=True, help="exported student directory")
     parser.add_argument("--task_name", default="sst2")
     parser.add_argument("--data_dir", default=os.environ.get("DATA_DIR"))
+    parser.add_argument("--hub_name", default=None, help="e.g. nyu-mll/glue: the dev set from the hub (online)")
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--latency_batch_size", type=int, default=32)
@@ -87,9 +88,10 @@ def main(argv=None):
 
     # The teacher's tokenizer for both: the student shares its vocabulary (checked before distillation).
     datamodule = GLUEDataModule(tokenizer=args.teacher, task_name=args.task_name, data_dir=args.data_dir,
-                                max_seq_length=args.max_seq_length, eval_batch_size=args.eval_batch_size)
+                                hub_name=args.hub_name, max_seq_length=args.max_seq_length,
+                                eval_batch_size=args.eval_batch_size)
     datamodule.setup("validate")
-    metric_names, _ = glue_task_metrics(datamodule.task_name, datamodule.is_regression)
+    metric_names, _ = glue_task_metrics(datamodule.task_name, datamodule.is_regression, datamodule.num_labels)
     texts = dev_texts(datamodule, args.latency_examples)
     latency_setup = (f"evaluation.latency.measure_cpu_latency, {len(texts)} {args.task_name} dev sentences in batches "
                      f"of {args.latency_batch_size}, max_length {args.max_seq_length}, "

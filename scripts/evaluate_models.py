@@ -82,7 +82,8 @@ def build(model_path: str, task: str, args):
                         batch_size=args.batch_size, eval_batch_size=args.latency_batch_size,
                         max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
     module = SequenceClassificationModule(model_path, task_name=dm.task_name, num_labels=dm.num_labels,
-                                          label_names=dm.label_names, is_regression=dm.is_regression, lr=args.lr,
+                                          label_names=dm.label_names, label_display_names=dm.label_display_names,
+                                          is_regression=dm.is_regression, lr=args.lr,
                                           warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay)
     return dm, module
 

@@ -129,6 +129,12 @@ def misspelt_model_argument(env):
             "argument 'lrr' (did you mean lr?)")
 
 
+def model_side_label_names(env):
+    return (in_process(env.finetune("--model.init_args.label_names=[bad, good]")),
+            "model.init_args.label_names: comes from the data (train.py links the DataModule's label_names into the "
+            "model); set data.init_args.label_names instead")
+
+
 def wrong_value_type(env):
     return (in_process(env.finetune("--data.init_args.batch_size=sixteen")),
             "data.init_args.batch_size: Expected a <class 'int'>. Got value: sixteen (datamodules.glue.GLUEDataModule)")
@@ -322,7 +328,8 @@ def squad_answer_mismatch(env):
             f"the context at answer_start {start + 3}, which reads {shifted!r}; the text occurs at character {start}")
 
 
-CASES = [misspelt_option, wrong_class_path, missing_teacher_directory, misspelt_model_argument, wrong_value_type,
+CASES = [misspelt_option, wrong_class_path, missing_teacher_directory, misspelt_model_argument, model_side_label_names,
+         wrong_value_type,
          yaml_syntax_error, unknown_task, unknown_model, batch_size_zero, max_seq_length_beyond_positions,
          student_layers_out_of_range, vocabulary_mismatch, resume_last_without_checkpoint, empty_checkpoint_file,
          truncated_checkpoint_file, resume_with_larger_max_steps, missing_data_file, empty_custom_tsv,

@@ -78,6 +78,32 @@ def test_real_layout_defaults_and_v2_detection(data_dir, wordpiece_tokenizer_dir
         dm.setup("fit")
 
 
+def test_version_follows_unanswerable_questions_and_is_printed_once(squad_dm, tmp_path, capsys):
+    """v2.0 scoring (the null answer) only where questions are unanswerable: a file whose answerable questions carry
+    `is_impossible: false` and say "version": "v2.0" is scored as v1.1 (v2.0 scoring made every prediction null)."""
+    data = fixtures.squad_json(with_impossible=True)
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            paragraph["qas"] = [qa for qa in paragraph["qas"] if not qa["is_impossible"]]
+    answerable = tmp_path / "answerable.json"
+    answerable.write_text(json.dumps(data))
+    assert data["version"] == "v2.0" and all(qa["is_impossible"] is False for a in data["data"]
+                                             for p in a["paragraphs"] for qa in p["qas"])
+    dm = squad_dm(answerable)
+    assert dm.task_name == "squad" and not dm.version_2_with_negative
+    assert capsys.readouterr().out.count("SQuAD v1.1 scoring (without the null answer): every question of ") == 1
+    # an empty answer list marks an unanswerable question too, without `is_impossible`
+    data["data"][0]["paragraphs"][0]["qas"][0]["answers"] = []
+    del data["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"]
+    (tmp_path / "one_empty.json").write_text(json.dumps(data))
+    assert squad_dm(tmp_path / "one_empty.json").task_name == "squad_v2"
+    assert "SQuAD v2.0 scoring (with the null answer): 1 of the 4 questions of" in capsys.readouterr().out
+    # the option decides when given
+    assert squad_dm(tmp_path / "one_empty.json", version_2_with_negative=False).task_name == "squad"
+    assert squad_dm(answerable, version_2_with_negative=True).task_name == "squad_v2"
+    assert "data.init_args.version_2_with_negative=True" in capsys.readouterr().out
+
+
 def test_bad_squad_files(squad_dm, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"data": [\n{"title": "x",\n')

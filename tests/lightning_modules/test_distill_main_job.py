@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -13,14 +14,42 @@ from tests.conftest import TINY
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_main_job_stops_clearly_without_sst2(tmp_path):
-    env = {**os.environ, "DATA_DIR": str(tmp_path)}
-    result = subprocess.run(["bash", "scripts/main_job.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "glue/SST-2" in result.stderr and str(tmp_path) in result.stderr
-    env.pop("DATA_DIR")
-    result = subprocess.run(["bash", "scripts/main_job.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 2 and "DATA_DIR is not set" in result.stderr
+def main_job(cwd: Path, **env_vars: str) -> subprocess.CompletedProcess:
+    """`bash scripts/main_job.sh` started from `cwd` (where ./data and ../shared/data are looked for), DATA_DIR unset
+    unless given, offline (tests/conftest.py sets HF_HUB_OFFLINE), the test's Python as the job's."""
+    env = {k: v for k, v in os.environ.items() if k != "DATA_DIR"}
+    env.update(PY=sys.executable, **env_vars)
+    return subprocess.run(["bash", str(ROOT / "scripts" / "main_job.sh")], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+
+
+def test_main_job_offline_without_sst2_says_how_to_get_it(tmp_path):
+    result = main_job(tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"no SST-2 found (glue/SST-2/{{train,dev}}.tsv under {tmp_path}/data {tmp_path}/../shared/data), and " \
+           f"the hub is not reachable (offline)." in result.stderr
+    assert "glue/SST-2/train.tsv and glue/SST-2/dev.tsv" in result.stderr and "make train DATA_DIR=<folder>" in \
+        result.stderr
+    result = main_job(ROOT, DATA_DIR=str(tmp_path))  # a DATA_DIR without SST-2: the same advice, naming it
+    assert result.returncode == 2 and f"under {tmp_path})" in result.stderr
+
+
+def test_main_job_chooses_local_files_or_the_hub(tmp_path, data_dir):
+    """The arguments each source gives the three steps (DRY_RUN=1 prints the commands; nothing runs)."""
+    local = main_job(tmp_path, DATA_DIR=str(data_dir), DRY_RUN="1")
+    assert local.returncode == 0, local.stderr
+    assert f"main_job: SST-2 from {data_dir}/glue/SST-2" in local.stdout
+    assert local.stdout.count(f"--data.init_args.data_dir={data_dir}") == 2
+    assert f"--data_dir {data_dir}" in local.stdout and "hub_name" not in local.stdout
+    (tmp_path / "data").symlink_to(data_dir)  # ./data of the folder the job starts from
+    assert f"SST-2 from {tmp_path}/data/glue/SST-2" in main_job(tmp_path, DRY_RUN="1").stdout
+    hub = main_job(tmp_path, DATA_DIR=str(tmp_path / "nowhere"), DRY_RUN="1", SST2_SOURCE="hub")
+    assert hub.returncode == 0, hub.stderr
+    assert "main_job: loading SST-2 from the hub (nyu-mll/glue, config sst2" in hub.stdout
+    assert hub.stdout.count("--data.init_args.hub_name=nyu-mll/glue") == 2 and "--hub_name nyu-mll/glue" in hub.stdout
+    assert "data_dir" not in hub.stdout
+    wrong = main_job(tmp_path, SST2_SOURCE="web")
+    assert wrong.returncode == 2 and "SST2_SOURCE=web; expected auto, files or hub" in wrong.stderr
 
 
 def test_main_job_is_strict_bash():

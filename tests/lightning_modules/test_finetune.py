@@ -104,3 +104,48 @@ def test_label_names_must_match_num_labels(tiny_bert_dir):
 
     with pytest.raises(ValueError, match="num_labels is 3"):
         SequenceClassificationModule(str(tiny_bert_dir), num_labels=3, label_names=["a", "b"])
+
+
+def own_files(tmp_path, codes):
+    """Your own CSVs: train (24 rows), dev (8), and an unlabelled test file (no label column)."""
+    words = ["film", "city", "river", "king"]
+    for name, n in (("train", 24), ("dev", 8)):
+        rows = [f"the {words[i % len(codes)]} was good,{codes[i % len(codes)]}" for i in range(n)]
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "test.csv").write_text("text\nthe film\nthe king was bad\n")
+    return [f"--data.init_args.{k}_file={tmp_path / f'{n}.csv'}" for k, n in
+            (("train", "train"), ("validation", "dev"), ("test", "test"))] + [
+        "--data.init_args.text_columns=[text]", "--data.init_args.label_column=label"]
+
+
+def test_coded_labels_export_names_and_max_steps_mid_epoch_validates(data_dir, tiny_bert_dir, tmp_path, capsys):
+    """Labels 1..4 named by label_map: the export says "Sports", the prediction file keeps "2". max_steps=2 stops
+    inside the 3-batch epoch: the run still validates there, so `best` (checkpoint and export) exists."""
+    files = own_files(tmp_path, codes=(1, 2, 3, 4))
+    label_map = "--data.init_args.label_map={1: World, 2: Sports, 3: Business, 4: Sci/Tech}"
+    cli = run_cli("fit", data_dir, tiny_bert_dir, tmp_path, "custom", *files, label_map, "--trainer.max_steps=2",
+                  "--trainer.num_sanity_val_steps=0")
+    assert cli.trainer.global_step == 2 and "val/score" in metrics(cli)
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(next(tmp_path.rglob("hf_export/best")))
+    assert config.id2label == {0: "World", 1: "Sports", 2: "Business", 3: "Sci/Tech"}
+    ckpt = next(tmp_path.rglob("checkpoints/best-*.ckpt"))
+    assert "step2" in ckpt.name
+    out = capsys.readouterr().out
+    assert "final metrics of fit (step 2)" in out and "best val/score" in out
+    assert any(line.split()[:1] == ["val/accuracy"] for line in out.splitlines())
+    run_cli("predict", data_dir, tiny_bert_dir, tmp_path, "custom", *files, label_map, f"--ckpt_path={ckpt}",
+            "--data.init_args.predict_split=test")
+    rows = (tmp_path / "predictions" / "custom.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == 3
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"1", "2", "3", "4"}
+
+
+def test_binary_own_task_scores_f1_and_validate_prints_the_table(data_dir, tiny_bert_dir, tmp_path, capsys):
+    files = own_files(tmp_path, codes=(0, 1))
+    cli = run_cli("validate", data_dir, tiny_bert_dir, tmp_path, "custom", *files)
+    m = metrics(cli)
+    assert m["val/score"] == pytest.approx((m["val/accuracy"] + m["val/f1"]) / 2)
+    out = capsys.readouterr().out
+    assert "final metrics of validate" in out and "val/f1" in out
+    assert "Validate metric" not in out  # Lightning's own table is off by default (--verbose true brings it back)
