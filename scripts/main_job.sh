@@ -4,6 +4,7 @@
 #   2. distil it into a 3-layer DistilBERT student (configs/distill/glue.yaml), exported to $OUT/student/best
 #   3. compare teacher and student: dev accuracy, parameters, CPU latency (scripts/compare_models.py),
 #      printed and written to $OUT/comparison.md
+#   and prints how to run the exports on your own text (scripts/predict_text.py).
 # Sized for a 2-core CPU (~5 minutes on an idle machine): a train subset, short length-grouped sequences, one epoch each. Override with the variables
 # below (e.g. TRAIN_SAMPLES=67349 EPOCHS=3 for the whole training set). TensorBoard logs: runs/main_job-*.
 set -euo pipefail
@@ -59,3 +60,6 @@ stamp "3/3 comparing teacher and student"
 "$PY" scripts/compare_models.py --teacher "$OUT/teacher/best" --student "$OUT/student/best" --task_name sst2 \
     --data_dir "$DATA_DIR" --max_seq_length "$MAX_SEQ_LENGTH" --output "$OUT/comparison.md"
 stamp "done: $OUT/comparison.md; TensorBoard: .venv/bin/tensorboard --logdir runs"
+# How to use what was trained (tests/evaluation/test_predict_text.py runs the printed command on a tiny export).
+echo "Classify your own text with the student (or the teacher: $OUT/teacher/best; files: --input F --output F.tsv):"
+echo "  $PY scripts/predict_text.py $OUT/student/best --text \"a gripping, funny film\""
