@@ -1,4 +1,5 @@
-"""Prediction files: GLUE submission TSVs and SQuAD prediction JSONs, each written atomically (temp name + rename)."""
+"""Prediction files: GLUE submission TSVs, SQuAD prediction JSONs and raw-text inference records (TSV or JSON lines),
+each written atomically (temp name + rename)."""
 from __future__ import annotations
 
 import json
@@ -77,3 +78,35 @@ def write_squad_predictions(output_dir: str | os.PathLike, predictions: Mapping[
     if null_odds:
         written.append(write_json(output_dir / "null_odds.json", dict(null_odds)))
     return written
+
+
+def _tsv_cell(value) -> str:
+    """A TSV cell (quoting off, as the project reads TSV): tabs and line breaks become spaces (one character for one,
+    so character offsets into an echoed text stay right); None is empty; floats keep 6 significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    return str(value).translate({ord(c): " " for c in "\t\n\r"})
+
+
+def records_format(path: str | os.PathLike) -> str:
+    """'tsv' or 'jsonl' from the extension of an output file for prediction records (else a ValueError)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".tsv", ".jsonl"):
+        raise ValueError(f"{path}: cannot tell the output format from the extension {suffix!r}; expected .tsv or "
+                         f".jsonl")
+    return suffix[1:]
+
+
+def write_records(path: str | os.PathLike, records: Sequence[Mapping], rows: Sequence[Mapping] | None = None) -> Path:
+    """Write prediction records by the extension of `path`: `.jsonl` one JSON object per record, `.tsv` a header
+    (every key, in order of first appearance) and one line per entry of `rows` (flat dicts; default: the records)."""
+    if records_format(path) == "jsonl":
+        return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    rows = records if rows is None else rows
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["\t".join(header)] + ["\t".join(_tsv_cell(row.get(k)) for k in header) for row in rows]
+    return atomic_write_text(path, "\n".join(lines) + "\n")

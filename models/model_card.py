@@ -3,15 +3,19 @@
 Front matter: license, tags, library_name: transformers, pipeline_tag, datasets, metrics and a model-index with the
 final evaluation figures. Body: architecture and parameter count, teacher and layer map for distilled students, data,
 recipe (the module's and the DataModule's hyper-parameters), metrics, how to load it, and the command that made it.
+`read_model_card` reads the front matter and the tables back (inference uses the recorded evaluation settings).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shlex
+from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 
 from models.convert import auto_class_name
 
@@ -182,3 +186,37 @@ def render_model_card(model, info: dict[str, Any] | None = None, *, hyper_parame
     if command:
         body += ["## Reproduce", "", "Produced by:", "", "```bash", shlex.join(str(a) for a in command), "```", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
+
+
+# ---- reading a card back ---------------------------------------------------------------------------------------
+def _parse_cell(text: str) -> Any:
+    """The value `_cell` wrote: numbers, JSON containers, None/True/False, else the text."""
+    text = text.replace("\\|", "|")
+    if text in ("None", "True", "False"):
+        return {"None": None, "True": True, "False": False}[text]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def read_model_card(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(front matter, table values) of the README.md of an export directory; ({}, {}) without one.
+
+    Table values: every `| name | value |` row of the body's tables, parsed back; where a name repeats, the first
+    row wins (the Data and recipe tables come before the raw hyper-parameter tables, with the same values).
+    """
+    path = Path(directory) / "README.md"
+    if not path.is_file():
+        return {}, {}
+    front_matter = metadata_load(path) or {}
+    values: dict[str, Any] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for k, line in enumerate(lines):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)]
+        if len(cells) != 4 or cells[0] or cells[3] or set(cells[1]) <= {"-"}:
+            continue  # not a two-column row, or a separator
+        if k + 1 < len(lines) and lines[k + 1].startswith("|---"):
+            continue  # a header row
+        values.setdefault(cells[1].replace("\\|", "|"), _parse_cell(cells[2]))
+    return front_matter, values

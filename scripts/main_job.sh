@@ -4,6 +4,7 @@
 #   2. distil it into a 3-layer DistilBERT student (configs/distill/glue.yaml), exported to $OUT/student/best
 #   3. compare teacher and student: dev accuracy, parameters, CPU latency (scripts/compare_models.py),
 #      printed and written to $OUT/comparison.md
+#   and prints how to run the exports on your own text (scripts/predict_text.py).
 # SST-2 comes from glue/SST-2/{train,dev}.tsv under $DATA_DIR (unset: ./data, else ../shared/data, from where the job
 # is started), else from the hub (nyu-mll/glue, config sst2) when the machine is online; offline, it says how to get
 # the files. SST2_SOURCE=files|hub forces one; DRY_RUN=1 prints the commands instead of running them.
@@ -110,3 +111,6 @@ stamp "3/3 comparing teacher and student"
 run "$PY" scripts/compare_models.py --teacher "$OUT/teacher/best" --student "$OUT/student/best" --task_name sst2 \
     "${COMPARE_DATA[@]}" --max_seq_length "$MAX_SEQ_LENGTH" --output "$OUT/comparison.md"
 stamp "done: $OUT/comparison.md; TensorBoard: .venv/bin/tensorboard --logdir runs"
+# How to use what was trained (tests/evaluation/test_predict_text.py runs the printed command on a tiny export).
+echo "Classify your own text with the student (or the teacher: $OUT/teacher/best; files: --input F --output F.tsv):"
+echo "  $PY scripts/predict_text.py $OUT/student/best --text \"a gripping, funny film\""

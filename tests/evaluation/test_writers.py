@@ -45,3 +45,15 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     # Same permissions as any new file (a mkstemp temporary would leave it 0600).
     (tmp_path / "plain.txt").write_text("x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+def test_records_as_tsv_or_jsonl(tmp_path):
+    from evaluation.writers import write_records
+
+    records = [{"line": 2, "text": "tab\there,\nnewline", "score": 0.123456789, "start": None}]
+    text = write_records(tmp_path / "r.tsv", records).read_text(encoding="utf-8")
+    assert text == "line\ttext\tscore\tstart\n2\ttab here, newline\t0.123457\t\n"  # one character for one
+    assert json.loads(write_records(tmp_path / "r.jsonl", records).read_text(encoding="utf-8")) == records[0]
+    with pytest.raises(ValueError, match=r"r.csv: cannot tell the output format .* expected .tsv or .jsonl"):
+        write_records(tmp_path / "r.csv", records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.tsv"]
