@@ -13,6 +13,13 @@ file, line or option and what was expected, and the exit status is 2; a non-fini
 status 3 (callbacks/nonfinite.py); SIGTERM / Ctrl+C save a resumable checkpoint and exit 143 / 130
 (callbacks/preemption.py). `LITBERT_DEBUG=1` shows the full traceback instead. `main` raises, for use from Python.
 
+The command line: `--model` / `--data` list litbert's LightningModules and DataModules (`litbert_classes`), whose
+docstrings document every argument (`--model.help NAME`). `--optimizer` / `--lr_scheduler` are refused: every model
+builds its own AdamW with warmup and no decay on biases/LayerNorm (lightning_modules/optim.py), which LightningCLI's
+automatic optimiser would silently replace. With `--ckpt_path FILE`, the model arguments stored in the checkpoint
+fill in what the command line and the config files leave unset: what they set wins (e.g. predict's output_dir).
+Every run gets `callbacks.hp_metric.HpMetric` (TensorBoard's hp_metric = the final main score).
+
 Checkpoints: a ModelCheckpoint without `dirpath` saves to `<trainer.default_root_dir>/checkpoints` (not to the
 logger's versioned folder), so `--ckpt_path last` finds the `last.ckpt` of the previous run with the same
 default_root_dir; `--ckpt_path last` with no such file, and a `--ckpt_path` file that is empty, truncated or not a
@@ -24,15 +31,19 @@ import importlib
 import inspect
 import os
 import pickle
+import pkgutil
 import re
 import sys
+from typing import Any
 
 import torch
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.run_end import add_run_end_callbacks
+from callbacks.hp_metric import HpMetric
 from models.convert import CheckpointFileError, check_checkpoint_file
 
 # DataModule attribute -> LightningModule init argument (see docs/ARCHITECTURE.md, "Data facts"), and the data
@@ -43,6 +54,55 @@ DATA_OPTIONS = {"task_name": "data.init_args.task_name", "num_labels": "data.ini
                 "label_names": "data.init_args.label_names", "is_regression": "data.init_args.is_regression",
                 "label_display_names": "data.init_args.label_names or data.init_args.label_map",
                 "vocab_size": "data.init_args.tokenizer", "pad_token_id": "data.init_args.tokenizer"}
+
+
+TOOL_DESCRIPTION = (
+    "litbert: BERT-family masked-LM pretraining, DistilBERT-style distillation and GLUE/SQuAD fine-tuning with "
+    "PyTorch Lightning. A run is a recipe config (--config configs/<recipe>/<name>.yaml) that names the model "
+    "(--model, one of litbert's LightningModules below) and the data (--data, one of its DataModules); any option "
+    "can be overridden on the command line (--model.init_args.lr 1e-4, --trainer.max_epochs 1). --model.help NAME "
+    "and --data.help NAME document a class's arguments, --print_config shows the resolved config. The optimiser "
+    "is part of the model: AdamW with linear warmup and decay, set by --model.init_args.lr, weight_decay, betas, "
+    "eps and warmup_ratio or warmup_steps. Bad input is one line, `error: ...`, and exit status 2.")
+SUBCOMMANDS = {"fit": "train (and validate) a model", "validate": "one pass over the validation data",
+               "test": "one pass over the test data", "predict": "write predictions (GLUE/SQuAD submission files)"}
+# --model / --data: the package that holds the choices, their base class, and whether the option is required
+CHOICES = {"model": ("lightning_modules", LightningModule, True), "data": ("datamodules", LightningDataModule, False)}
+# the methods a class must define (not inherit from Lightning's base) to be a choice, not only a shared base
+RUNNABLE = {LightningModule: "training_step", LightningDataModule: "train_dataloader"}
+OPTIMISER_KEYS = ("optimizer", "lr_scheduler")
+
+
+def litbert_classes(package: str, base: type, runnable_only: bool = False) -> list[type]:
+    """The public subclasses of `base` defined in the modules of `package` (all imported here), by import path;
+    `runnable_only` drops shared bases that do not define `RUNNABLE[base]` (FineTuningModule, LitBertDataModule)."""
+    found = {}
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        module = importlib.import_module(f"{package}.{info.name}")
+        for obj in vars(module).values():
+            if (inspect.isclass(obj) and issubclass(obj, base) and obj.__module__ == module.__name__
+                    and not obj.__name__.startswith("_")):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    classes = [found[name] for name in sorted(found)]
+    if runnable_only:
+        method = RUNNABLE[base]
+        classes = [c for c in classes if getattr(c, method) is not getattr(base, method)]
+    return classes
+
+
+def short_description(cls: type) -> str:
+    """The first sentence of a class's docstring."""
+    first = inspect.getdoc(cls).split("\n\n")[0].replace("\n", " ") if inspect.getdoc(cls) else ""
+    return first.split(". ")[0].rstrip(".:")
+
+
+def choices_help(key: str) -> str:
+    """The help of --model / --data: every choice with what it is for."""
+    package, base, _ = CHOICES[key]
+    listed = "; ".join(f"{c.__qualname__} ({short_description(c)})"
+                       for c in litbert_classes(package, base, runnable_only=True))
+    return (f"The {key} class (class_path, or its name) and its init_args, usually from the config. "
+            f"litbert's choices: {listed}. --{key}.help NAME documents every argument of one.")
 
 
 def default_precision() -> str:
@@ -143,17 +203,36 @@ def resolve_last_checkpoint(trainer, subcommand: str) -> str:
 
 class LitBertCLI(LightningCLI):
     """LightningCLI with litbert's defaults: TensorBoard under runs/, precision by hardware, data->model links,
-    fixed checkpoint directories, checked `--ckpt_path`, and parser errors raised (see `run`) instead of printed."""
+    litbert's classes as the --model/--data choices, no --optimizer/--lr_scheduler, fixed checkpoint directories,
+    checked `--ckpt_path` (whose stored model arguments yield to those given), and parser errors raised (see `run`)
+    instead of printed."""
+
+    def __init__(self, *args, auto_configure_optimizers: bool = False, **kwargs):
+        # No LightningCLI optimiser: the models' own (see `optimiser_refusal`); --optimizer is refused instead.
+        super().__init__(*args, auto_configure_optimizers=auto_configure_optimizers, **kwargs)
 
     def init_parser(self, **kwargs):
         kwargs.setdefault("exit_on_error", False)  # `run` prints one line, not the whole usage
         return super().init_parser(**kwargs)
 
+    def add_core_arguments_to_parser(self, parser) -> None:
+        # LightningCLI's own, but --model / --data list litbert's classes (not only the Lightning base class)
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        for key, (_, base, required) in CHOICES.items():
+            parser.add_subclass_arguments(base, key, fail_untyped=False, required=required, help=choices_help(key))
+            parser.groups[key].title = f"--{key}: the {'LightningModule' if key == 'model' else 'DataModule'}"
+
     def parse_arguments(self, parser, args) -> None:
+        self.given_args = args  # parsed again on top of a checkpoint's hyper-parameters (_parse_ckpt_path)
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
             raise CommandLineError(condense_parser_error(str(err), parser, args)) from err
+        config = self.config.get(self.config.get("subcommand") or "", self.config)
+        for key in OPTIMISER_KEYS:
+            if not self.auto_configure_optimizers and config.get(key) is not None:
+                raise CommandLineError(optimiser_refusal(key))
         refuse_linked_model_values(self.config)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
@@ -170,11 +249,19 @@ class LitBertCLI(LightningCLI):
         special = ckpt_path in ("last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:")
         if ckpt_path and not special:
             check_checkpoint_file(ckpt_path, "--ckpt_path")
+        given = self.config
         try:
             super()._parse_ckpt_path()
         except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
             raise CheckpointFileError(f"--ckpt_path {ckpt_path}: cannot be read ({type(err).__name__}: "
                                       f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        args = self.given_args
+        if self.config is not given and not isinstance(args, (dict, argparse.Namespace)):
+            # Lightning put the checkpoint's model arguments on top of everything given; what the command line and
+            # the config files set (parsed again without the defaults) goes back on top, so the checkpoint only
+            # fills in what they leave unset (e.g. predict's --model.init_args.output_dir wins).
+            explicit = self.parser.parse_args(sys.argv[1:] if args is None else args, defaults=False)
+            self.config = self.parser.parse_object(explicit, self.config)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -204,6 +291,9 @@ class LitBertCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser):
+        if not self.auto_configure_optimizers:  # kept as options (a config saved with `optimizer: null` loads)
+            for key in OPTIMISER_KEYS:
+                parser.add_argument(f"--{key}", type=Any, default=None, help=optimiser_refusal(key))
         for name in DATA_TO_MODEL_LINKS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.set_defaults(
@@ -225,6 +315,10 @@ def main(args=None):
         subclass_mode_data=True,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [HpMetric()]},  # not an option: every run, after the config's callbacks
+        parser_kwargs={"description": TOOL_DESCRIPTION,
+                       **{name: {"description": f"{name}: {what}. {TOOL_DESCRIPTION}"}
+                          for name, what in SUBCOMMANDS.items()}},
         args=args,
     )
 
@@ -239,6 +333,19 @@ USER_ERRORS = (ValueError, OSError, MisconfigurationException, argparse.Argument
 _IGNORED_PARSER_LINES = re.compile(
     r"^(Does not validate against any of the Union subtypes|Subtypes: |Errors:|- Expected a <class 'NoneType'>|"
     r"Given value type: |Given value: )")
+
+
+def optimiser_refusal(key: str) -> str:
+    """Why --optimizer / --lr_scheduler are refused, and the model's own options to use instead."""
+    return (f"--{key} is not used by litbert: every model builds its own AdamW (no weight decay on biases and "
+            f"LayerNorm weights) with a linear warmup and decay per optimiser step (lightning_modules/optim.py); set "
+            f"--model.init_args.lr, weight_decay, betas, eps and warmup_ratio or warmup_steps instead")
+
+
+def _optimiser_key(name: str) -> str | None:
+    """'optimizer' / 'lr_scheduler' when the option `name` is (under) one of them (--optimizer.lr), else None."""
+    key = name.lstrip("-").split("=")[0].split(".")[0]
+    return key if key in OPTIMISER_KEYS else None
 
 
 def _suggest(name: str, choices) -> str:
@@ -290,6 +397,8 @@ def condense_parser_error(message: str, parser=None, args=None) -> str:
     if unrecognized:
         words = [w for w in unrecognized.group(1).split() if w.startswith("-")]
         option = words[0].split("=")[0] if words else unrecognized.group(1)
+        if _optimiser_key(option):
+            return optimiser_refusal(_optimiser_key(option))
         return (f"unknown option {option}{_suggest(option, _parser_options(parser, args))}; "
                 f"`python train.py fit --help` lists the options")
     config = re.match(r'^Parser key "config": (.*)$', first)

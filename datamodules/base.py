@@ -6,6 +6,8 @@
 - DATA_DIR resolution (`data_dir` argument, else `$DATA_DIR`, else `./data`);
 - an on-disk cache of tokenized `datasets.Dataset`s keyed by the tokenizer's content, the source files' content and
   every setting that changes the result (written to a temporary folder and renamed: never half-written);
+- a progress line per cache build (`data_progress`: what is built, then its rows and time), since a first build can
+  take minutes and the `datasets` progress bars are off during it (one bar per map and save would flood a log);
 - dataloaders with dynamic padding (`DataCollatorWithPadding`), optional length-grouped batches, and samplers that
   shard themselves across processes (`datamodules.samplers`; Lightning keeps them under DDP);
 Reading the files themselves (with line numbers, `DataFormatError`) is `datamodules/files.py`.
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +34,11 @@ from models.pretrained import load_tokenizer
 CACHE_FORMAT_VERSION = 2  # bump when a builder's output changes for the same settings
 CACHE_MANIFEST = "litbert_cache.json"  # written last in a cache entry: its key and its Arrow files
 MODEL_INPUT_COLUMNS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def data_progress(message: str) -> None:
+    """One progress line of data preparation (stdout, flushed: it shows in logs as it happens)."""
+    print(f"data: {message}", flush=True)
 
 
 class _AlreadyBuilt(Exception):
@@ -124,7 +132,8 @@ class LitBertDataModule(pl.LightningDataModule):
         tokenizer: a tokenizer directory, hub name or `packaged:all-minilm-l6-v2`.
         data_dir: root of the data (None: `$DATA_DIR`, else `./data`); relative file options are read under it.
         max_seq_length: longest tokenized sequence (longer inputs are truncated or split into windows/blocks).
-        batch_size / eval_batch_size: training / evaluation batch sizes (eval defaults to batch_size).
+        batch_size: training examples per batch, per process (the global batch is batch_size x processes).
+        eval_batch_size: evaluation examples per batch (None: batch_size).
         num_workers: DataLoader worker processes.
         num_proc: processes for tokenization (`datasets.map(num_proc=...)`).
         group_by_length: batch training examples of similar length (`datamodules.samplers.length_grouped_order`);
@@ -212,10 +221,13 @@ class LitBertDataModule(pl.LightningDataModule):
         if (target / CACHE_MANIFEST).is_file():
             return load_cache_entry(target)
         bars_were_on = not datasets.utils.are_progress_bars_disabled()
-        datasets.disable_progress_bars()  # a build prints one bar per map/save otherwise
+        datasets.disable_progress_bars()  # a build prints one bar per map/save otherwise: one line each instead
+        start = time.monotonic()
+        data_progress(f"building {name} (first use of these settings; cached in {self.cache_dir})")
         try:
             with atomic_directory(target) as tmp:
                 dataset = build(tmp)
+                data_progress(f"built {name}: {len(dataset):,} rows in {time.monotonic() - start:.1f} s")
                 files = [Path(f["filename"]).resolve() for f in dataset.cache_files]
                 kept = [f.relative_to(tmp.resolve()) for f in files if tmp.resolve() in f.parents]
                 if not files or len(kept) != len(files) or dataset._indices is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from functools import partial
@@ -282,9 +283,14 @@ def map_in_chunks(dataset, function, *, name: str, workdir: Path, rows_per_chunk
     import gc
     import pickle
 
-    files = []
+    from datamodules.base import data_progress
+
+    files, began, chunks = [], time.monotonic(), -(-len(dataset) // rows_per_chunk)
     for i, start in enumerate(range(0, len(dataset), rows_per_chunk)):
         stop = min(start + rows_per_chunk, len(dataset))
+        if chunks > 1:  # a large corpus: one line per chunk of about CHUNK_BYTES, with the time so far
+            data_progress(f"{name}: chunk {i + 1}/{chunks} (rows {start:,}-{stop - 1:,} of {len(dataset):,}), "
+                          f"{time.monotonic() - began:.0f} s so far")
         part = pickle.loads(pickle.dumps(dataset)).select(range(start, stop))
         fn = partial(_shift_indices, function=function, offset=start) if with_indices else function
         procs = num_proc if num_proc > 1 and stop - start >= 2 * num_proc else None

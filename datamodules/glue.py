@@ -122,18 +122,24 @@ class GLUEDataModule(LitBertDataModule):
     unlabelled test rows), `example_index` (row number in the split). MNLI validates on [matched, mismatched]
     (`val_split_names`); `test` uses the labelled dev files too; `predict_split` is "dev" or "test" (test.tsv).
 
-    Args (besides LitBertDataModule's):
+    The arguments LitBertDataModule documents (tokenizer, data_dir, lengths, batch sizes, ...) are not repeated here.
+
+    Args:
         task_name: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (any case, "SST-2" style too) or "custom".
         hub_name: e.g. "nyu-mll/glue" to load the task with `datasets.load_dataset` (needs the network).
-        predict_split: "dev" or "test".
-        max_train_samples / max_eval_samples: keep the FIRST N rows of each split (deterministic), for quick runs.
-        train_file / validation_file / test_file: custom files (.csv, .tsv, .jsonl), relative to data_dir or absolute.
+        predict_split: the split `predict` writes predictions for: "dev" or "test".
+        max_train_samples: keep the FIRST N training rows (deterministic), for quick runs.
+        max_eval_samples: keep the FIRST N rows of each evaluation split (deterministic), for quick runs.
+        train_file: task "custom": the training file (.csv, .tsv, .jsonl), relative to data_dir or absolute.
+        validation_file: task "custom": the validation file (same formats).
+        test_file: task "custom": the test file (same formats; labels optional).
         text_columns: one or two columns (header names, JSON keys, or 0-based indices when header is false).
-        label_column: the label column.
+        label_column: the label column (header name, JSON key or 0-based index).
         label_names: the labels in id order, or display names for the sorted labels of the files (when they are
             not those labels and there are as many); None: the train (else validation) file's labels, sorted.
         label_map: raw label -> display name (e.g. {1: World, 2: Sports}); ids follow the sorted raw labels.
-        header: whether CSV/TSV files start with a header line. is_regression: float labels (num_labels 1).
+        header: whether CSV/TSV files start with a header line.
+        is_regression: task "custom": float labels (num_labels 1).
         encoding: the files' text encoding.
     """
 

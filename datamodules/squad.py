@@ -164,15 +164,20 @@ class SQuADDataModule(LitBertDataModule):
     """SQuAD-format extractive QA. Batches: `input_ids`, `attention_mask`, [`token_type_ids`], `start_positions`,
     `end_positions`, `feature_index` (the window's row in `train_dataset` or `eval_features`).
 
-    Args (besides LitBertDataModule's; `max_seq_length` defaults to 384 here):
-        train_file / eval_file: SQuAD JSON files relative to data_dir (or absolute). validate/test/predict use
-            eval_file; `eval_examples` / `eval_features` describe it.
-        train_articles / eval_articles: `[start, end)` article ranges of each file (None: every article). Defaults
-            are the convention for the shared data: train on dev-v1.1's articles 0-37, evaluate on 38-47.
+    The arguments LitBertDataModule documents are not repeated here; `max_seq_length` defaults to 384.
+
+    Args:
+        train_file: the training SQuAD JSON file, relative to data_dir (or absolute).
+        eval_file: the evaluation SQuAD JSON file (validate/test/predict; `eval_examples` / `eval_features`).
+        train_articles: `[start, end)` article range of train_file (None: every article); the default is the
+            convention for the shared data: train on dev-v1.1's articles 0-37.
+        eval_articles: `[start, end)` article range of eval_file (None: every article); default: 38-47.
+        version_2_with_negative: SQuAD 2.0 scoring with unanswerable questions; None detects it from the eval file.
         doc_stride: tokens of overlap between consecutive windows of a long context.
         version_2_with_negative: v2.0 scoring (the null answer) or v1.1; None: v2.0 exactly when the eval file has
             unanswerable questions (`is_impossible: true` or no answers). The choice is printed once.
-        max_train_samples / max_eval_samples: keep the FIRST N questions (after the article range).
+        max_train_samples: keep the FIRST N training questions (after the article range).
+        max_eval_samples: keep the FIRST N evaluation questions (after the article range).
     """
 
     train_row_column = "feature_index"

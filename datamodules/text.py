@@ -7,13 +7,14 @@ and workers, resumable). Masking is `datamodules/masking.py`, applied in `on_aft
 """
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Literal
 
 import numpy as np
 import torch
 
-from datamodules.base import LitBertDataModule, file_digest, open_arrow_files, resolve_data_file
+from datamodules.base import LitBertDataModule, data_progress, file_digest, open_arrow_files, resolve_data_file
 from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_dataset, documents_per_chunk,
                                 full_sentences_starts, load_hub_documents, map_in_chunks,
                                 owner_starts, pack_doc_sentences, pack_full_sentences,
@@ -30,7 +31,10 @@ class TextCorpusDataModule(LitBertDataModule):
     `labels` (-100 where not selected), `example_index` (the block's index in its split; a hash of the block in
     streaming mode).
 
-    Args (besides LitBertDataModule's; `max_seq_length` is the block length, special tokens included):
+    The arguments LitBertDataModule documents are not repeated here; `max_seq_length` is the block length, special
+    tokens included.
+
+    Args:
         train_files: local training sources relative to data_dir (.txt, .jsonl, .parquet, GLUE .tsv, SQuAD .json).
         val_files: local validation sources (same formats).
         test_files: local test sources (same formats).
@@ -158,9 +162,11 @@ class TextCorpusDataModule(LitBertDataModule):
         import datasets
 
         Sequence, Value = datasets.Sequence, datasets.Value
+        start = time.monotonic()
         docs = documents_dataset(sources, self.text_column, self.text_layout, self.encoding, workdir=workdir)
         if not len(docs):
             raise DataFormatError(f"no text in {[s.describe() for s in sources]}: the {split} split has no documents")
+        data_progress(f"{split}: {len(docs):,} documents read in {time.monotonic() - start:.1f} s; tokenizing")
         batch = tokenize_batch_size(docs)  # documents of about BATCH_TEXT_BYTES
         chunk = documents_per_chunk(batch)
         features = datasets.Features({"ids": Sequence(Value("int32")), "n": Value("int64")})
@@ -169,6 +175,7 @@ class TextCorpusDataModule(LitBertDataModule):
             fn_kwargs={"tokenizer": self.tokenizer}, batch_size=batch, writer_batch_size=batch,
             remove_columns=docs.column_names, features=features))
         lengths = tokens.data.column("n").to_numpy()
+        data_progress(f"{split}: {int(lengths.sum()):,} tokens after {time.monotonic() - start:.1f} s; packing blocks")
         size = self.max_seq_length - 2
         n_blocks, first_block = block_counts(lengths, size, self.packing, self.drop_last_block, limit)
         if n_blocks == 0:

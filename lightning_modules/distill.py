@@ -62,6 +62,20 @@ class DistillationMixin(FlopsPerBatchMixin):
     """Teacher handling and loss weights shared by the distillation modules. List it FIRST among the bases.
 
     The subclass's constructor calls its parent's (which loads the teacher as `self.model`), then `init_distillation`.
+    The arguments below are documented once here for every distillation module (`--model.help` reads them).
+
+    Args:
+        teacher: the teacher's directory (a model of the module's task, e.g. an HFExport export).
+        student: a directory to start the student from (e.g. a general-distilled student); None extracts it from
+            the teacher (`models.student.extract_student`).
+        student_layers: teacher layers kept (student layer i <- teacher layer student_layers[i]); None: one of two.
+        student_architecture: "auto" (BERT -> DistilBERT, RoBERTa -> RoBERTa), "distilbert" or "same".
+        random_init: the extracted student's architecture with fresh weights (ablation).
+        fold_token_type: BERT -> DistilBERT: fold token_type_embeddings[0] into the position embeddings.
+        temperature: softmax temperature of the KL term (annealed by `callbacks.temperature.TemperatureAnnealing`).
+        alpha_ce: weight of the soft (KL * T^2) term on the teacher's outputs (0 switches it off).
+        alpha_cos: weight of the cosine term between student and teacher hidden states (0 switches it off).
+        cos_layers: "last", "mapped" or a list of [student, teacher] hidden-state index pairs for the cosine term.
     """
 
     # the head a teacher must have been trained with, per module (checked on `config.architectures`)
@@ -233,20 +247,15 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
 
     Batches come masked from `datamodules.text.TextCorpusDataModule` (`labels` = -100 where not masked).
 
+    The shared distillation arguments are documented by `DistillationMixin`, the optimiser's and the data facts
+    (vocab_size, pad_token_id) by `MaskedLMModule`.
+
     Args:
         teacher: a masked-LM directory (e.g. exported by MLM pretraining).
         student: a masked-LM directory to continue distilling; None extracts the student from the teacher.
-        student_layers: teacher layers kept (student layer i <- teacher layer student_layers[i]); None: one of two.
-        student_architecture: "auto" (BERT -> DistilBERT, RoBERTa -> RoBERTa), "distilbert" or "same".
-        random_init: the student architecture with fresh weights (ablation).
-        fold_token_type: BERT -> DistilBERT: fold token_type_embeddings[0] into the position embeddings.
-        temperature: softmax temperature of the KL term (annealed by `callbacks.temperature.TemperatureAnnealing`).
-        alpha_ce / alpha_mlm / alpha_cos: weights of KL, MLM cross-entropy and cosine terms (0 switches one off).
+        alpha_mlm: weight of the MLM cross-entropy term on the gold tokens (0 switches it off).
         kl_positions: "all" non-padded positions (DistilBERT) or only the "masked" ones for the KL term.
-        cos_layers: "last", "mapped" or a list of [student, teacher] hidden-state index pairs.
-        lr / weight_decay / betas / eps / warmup_steps / warmup_ratio: AdamW with linear warmup and decay.
         sparse_prediction: validate the student's LM head at masked positions only (MaskedLMModule's switch).
-        vocab_size / pad_token_id: linked from the DataModule.
     """
 
     teacher_head = "ForMaskedLM"

@@ -157,17 +157,17 @@ class TaskDistillationMixin(DistillationMixin):
 class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule):
     """Distil a teacher fine-tuned on a GLUE-style task (classification or regression) into a student.
 
+    The shared distillation arguments are documented by `DistillationMixin`, the others by
+    `SequenceClassificationModule` and `FineTuningModule` (the task facts are linked from the DataModule).
+    BERT's pooler initialises an extracted DistilBERT student's pre_classifier.
+
     Args:
         teacher: a *ForSequenceClassification directory fine-tuned on the task (e.g. exported by the finetune run).
-        student: a directory to start the student from (e.g. a general-distilled student); None extracts it
-            from the teacher (`student_layers`, `student_architecture`, `random_init`, `fold_token_type`:
-            see `models.student.extract_student`; BERT's pooler initialises DistilBERT's pre_classifier).
-        temperature: of the classification KL term (no effect on regression).
-        alpha_ce / alpha_hard / alpha_cos: weights of the soft, gold-label and cosine terms (0 switches one off).
-        cos_layers: "last", "mapped" or [student, teacher] hidden-state index pairs.
+        temperature: softmax temperature of the classification KL term (no effect on regression).
+        alpha_ce: weight of the soft term on the teacher's logits (KL * T^2; MSE for regression; 0 switches it off).
+        alpha_hard: weight of the gold-label loss (0 switches it off).
         cache_teacher_logits: compute the teacher's logits for the training split once per fit, not at every step
             (used when alpha_cos is 0; see the module docstring).
-        Other arguments: as `SequenceClassificationModule` (the task facts are linked from the DataModule).
     """
 
     teacher_head = "ForSequenceClassification"
@@ -242,10 +242,15 @@ class QADistillationModule(TaskDistillationMixin, QuestionAnsweringModule):
     the start and end cross-entropies + alpha_cos * cosine loss. Evaluation (EM/F1 after post-processing) is
     `QuestionAnsweringModule`'s, on the student.
 
+    The shared distillation arguments are documented by `DistillationMixin`, the others by
+    `QuestionAnsweringModule` and `FineTuningModule` (`task_name` is linked from the DataModule).
+
     Args:
         teacher: a *ForQuestionAnswering directory fine-tuned on SQuAD (e.g. exported by configs/finetune/squad.yaml).
-        student ... cache_teacher_logits: as `GLUEDistillationModule` (the start and end logits of every window).
-        Other arguments: as `QuestionAnsweringModule` (`task_name` is linked from the DataModule).
+        alpha_ce: weight of the soft term, KL_T on the start and end logits * T^2 (0 switches it off).
+        alpha_hard: weight of the gold start/end cross-entropy (0 switches it off).
+        cache_teacher_logits: compute the teacher's start and end logits of every training window once per fit
+            (used when alpha_cos is 0; see the module docstring).
     """
 
     teacher_head = "ForQuestionAnswering"

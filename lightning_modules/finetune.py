@@ -63,8 +63,13 @@ class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
 
     Args:
         pretrained: a checkpoint directory, a hub name (online only) or `packaged:all-minilm-l6-v2`.
-        lr / weight_decay / betas / eps: AdamW (no decay on biases and LayerNorm weights).
-        warmup_ratio / warmup_steps: linear warmup length (steps win over the ratio), then linear decay to 0.
+        task_name: the task, linked from the DataModule (e.g. "sst2", "squad"; names the metrics and prediction files).
+        lr: AdamW's peak learning rate (after warmup).
+        weight_decay: AdamW's decoupled weight decay (none on biases and LayerNorm weights).
+        warmup_ratio: linear warmup over this fraction of the optimiser steps, then linear decay to 0.
+        warmup_steps: linear warmup over this many optimiser steps (wins over warmup_ratio); None: use the ratio.
+        betas: AdamW's (beta1, beta2).
+        eps: AdamW's epsilon.
         output_dir: where `predict` writes its files (None: `<trainer.default_root_dir>/predictions`).
     """
 
@@ -125,9 +130,15 @@ class SequenceClassificationModule(FineTuningModule):
     task's spec in `datamodules.glue`; `val/score` is the task's main score (the mean of its pair where two, and over
     both MNLI dev sets), the one to select checkpoints on. `predict` writes the GLUE submission TSV(s).
 
-    Args (beyond FineTuningModule's):
+    The arguments FineTuningModule documents (pretrained, the optimiser's, output_dir) are not repeated here.
+
+    Args:
+        num_labels: classes (1 for regression), linked from the DataModule.
+        label_names: the label strings in class order, linked from the DataModule (None for regression).
+        is_regression: a regression task (STS-B: one output, MSE loss), linked from the DataModule.
         classifier_dropout: dropout before the classification head (None: the checkpoint's hidden dropout).
-        metric_names / main_metrics: override the task spec (e.g. for your own task).
+        metric_names: the metrics to compute, overriding the task spec (e.g. for your own task).
+        main_metrics: the metrics whose mean is `val/score`, overriding the task spec (None: all of metric_names).
     """
 
     def __init__(self, pretrained: str, task_name: str = "custom", num_labels: int = 2,

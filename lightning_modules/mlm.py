@@ -53,14 +53,26 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
     """Pretrain a masked LM (`self.model`, a Hugging Face `*ForMaskedLM`) with the MLM objective only.
 
     Args:
-        vocab_size, pad_token_id: linked from the DataModule by train.py (`len(tokenizer)`, its pad id).
+        vocab_size: the vocabulary size (`len(tokenizer)`), linked from the DataModule by train.py.
+        pad_token_id: the tokenizer's padding id, linked from the DataModule by train.py.
         pretrained: a model directory (HF or exported by litbert) to continue training; None builds `arch` from the
             sizes below, randomly initialised.
         arch: "roberta" (default), "bert" or "distilbert" when building from a size.
-        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, dropouts: the model size.
+        hidden_size: model width when building from a size.
+        num_hidden_layers: encoder layers when building from a size.
+        num_attention_heads: attention heads per layer when building from a size.
+        intermediate_size: feed-forward width when building from a size.
+        hidden_dropout_prob: dropout on embeddings and hidden states when building from a size.
+        attention_probs_dropout_prob: dropout on attention probabilities when building from a size.
         max_seq_length: longest input; RoBERTa gets max_seq_length + pad_token_id + 1 position embeddings.
-        bos_token_id, eos_token_id: written into the config (RoBERTa's <s>=0 and </s>=2 by default).
-        lr: peak learning rate; weight_decay, betas, eps: AdamW; warmup_steps (wins) or warmup_ratio.
+        bos_token_id: written into the config (RoBERTa's <s> = 0 by default).
+        eos_token_id: written into the config (RoBERTa's </s> = 2 by default).
+        lr: AdamW's peak learning rate (after warmup).
+        weight_decay: AdamW's decoupled weight decay (none on biases and LayerNorm weights).
+        betas: AdamW's (beta1, beta2).
+        eps: AdamW's epsilon.
+        warmup_steps: linear warmup over this many optimiser steps (wins over warmup_ratio), then linear decay to 0.
+        warmup_ratio: linear warmup over this fraction of the optimiser steps (when warmup_steps is None).
         sparse_prediction: LM head only at masked positions (True) or over every position (False, for comparison).
     """
 

@@ -48,8 +48,12 @@ class QuestionAnsweringModule(FineTuningModule):
     Logged: `val/exact_match`, `val/f1`, `val/score` (= F1), and for v2.0 `val/HasAns_*`, `val/NoAns_*`.
     When only part of the evaluation set is run (limit_val_batches), only the examples seen are scored.
 
-    Args (beyond FineTuningModule's):
-        n_best_size: start and end candidates per feature. max_answer_length: longest answer in tokens.
+    The arguments FineTuningModule documents (pretrained, the optimiser's, output_dir) are not repeated here.
+
+    Args:
+        task_name: "squad" or "squad_v2", linked from the DataModule (v2.0 scoring and the null answer follow it).
+        n_best_size: start and end candidates per feature in post-processing.
+        max_answer_length: longest answer in tokens.
         null_score_diff_threshold: v2.0 predicts "" when null score - best span score exceeds it.
     """
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -90,6 +91,7 @@ def main(argv=None):
     datamodule = GLUEDataModule(tokenizer=args.teacher, task_name=args.task_name, data_dir=args.data_dir,
                                 hub_name=args.hub_name, max_seq_length=args.max_seq_length,
                                 eval_batch_size=args.eval_batch_size)
+    print(f"compare: preparing the {args.task_name} dev set", flush=True)
     datamodule.setup("validate")
     metric_names, _ = glue_task_metrics(datamodule.task_name, datamodule.is_regression, datamodule.num_labels)
     texts = dev_texts(datamodule, args.latency_examples)
@@ -99,11 +101,16 @@ def main(argv=None):
     rows = []
     for role in ("teacher", "student"):
         path = getattr(args, role)
+        start = time.perf_counter()
         model = load_pretrained(AutoModelForSequenceClassification, path)
+        print(f"compare: {role} ({path}): scoring {len(datamodule.eval_datasets[0]):,} dev examples", flush=True)
         scores = dev_scores(model, datamodule, metric_names)
+        print(f"compare: {role}: dev score {scores['score']:.2f} ({time.perf_counter() - start:.1f} s); timing "
+              f"{len(texts)} sentences on {args.latency_threads} CPU thread(s)", flush=True)
         latency = measure_cpu_latency(model, datamodule.tokenizer, texts=texts, batch_size=args.latency_batch_size,
                                       max_length=args.max_seq_length, num_threads=args.latency_threads,
                                       repeats=max(8, len(texts) // args.latency_batch_size))
+        print(f"compare: {role}: {latency.median_ms:.1f} ms per batch of {args.latency_batch_size}", flush=True)
         rows.append({"role": role, "path": path, "model_class": type(model).__name__,
                      "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
                      "score": scores["score"], "dev": scores, "latency_ms": latency.median_ms,

@@ -10,6 +10,8 @@ percent). Written to --out_dir: `runs.json` (every run's metrics), `results.md` 
 their macro average, parameters and CPU latency) and `score_vs_latency.png`. CPU latency is
 `evaluation.latency.measure_cpu_latency` on one batch of the first task's dev set (median of --latency_repeats runs
 after warm-up, --latency_threads threads, torch.inference_mode), measured on the first seed's fine-tuned model.
+Progress: a line when each run starts and ends (run i/N, model, task, seed), and the training's own lines
+(`callbacks.progress.ProgressLog`, every --progress_every optimiser steps and after each validation).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
+from callbacks.progress import ProgressLog, format_duration  # noqa: E402
 from evaluation.latency import measure_cpu_latency  # noqa: E402
 from evaluation.writers import atomic_write_text, temporary_sibling, write_json  # noqa: E402
 
@@ -56,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--summarise_only", action="store_true",
                    help="no training: rebuild the table and plot from <out_dir>/runs.json")
     p.add_argument("--accelerator", default="auto")
+    p.add_argument("--progress_every", type=int, default=50, help="optimiser steps between two progress lines")
     args = p.parse_args(argv)
     if args.names and len(args.names) != len(args.models):
         p.error(f"--names has {len(args.names)} entries but --models has {len(args.models)}")
@@ -94,6 +98,7 @@ def run_one(model_path: str, task: str, seed: int, args, measure_latency: bool) 
     trainer = pl.Trainer(max_epochs=args.max_epochs, accelerator=args.accelerator, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, default_root_dir=args.out_dir,
+                         callbacks=[ProgressLog(every_n_steps=args.progress_every)],
                          precision="bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                          else "32-true")
     start = time.perf_counter()
@@ -173,14 +178,21 @@ def main(argv=None) -> list[dict]:
         todo = []
     else:
         runs, todo = [], list(zip(names, args.models))
+    total, started = len(todo) * len(args.tasks) * len(args.seeds), time.perf_counter()
     for name, model_path in todo:
         for t, task in enumerate(args.tasks):
             for s, seed in enumerate(args.seeds):
+                done = len(runs)
+                print(f"[run {done + 1}/{total}] {name} {task} seed {seed}: fine-tuning ({args.max_epochs} epoch(s)"
+                      f"{', then CPU latency' if t == 0 and s == 0 else ''})", flush=True)
                 record = run_one(model_path, task, seed, args, measure_latency=(t == 0 and s == 0))
                 record["model"] = name
                 runs.append(record)
-                print(f"{name} {task} seed {seed}: score {record['score']:.2f} ({record['train_seconds']} s)",
-                      flush=True)
+                elapsed = time.perf_counter() - started
+                eta = elapsed / len(runs) * (total - len(runs))
+                print(f"[run {done + 1}/{total}] {name} {task} seed {seed}: score {record['score']:.2f} "
+                      f"({record['train_seconds']} s) | elapsed {format_duration(elapsed)} | "
+                      f"ETA {format_duration(eta)}", flush=True)
                 write_json(out_dir / "runs.json", runs)  # partial results survive an interruption
     rows = summarise(runs, names, args.tasks)
     table = markdown_table(rows, args.tasks)

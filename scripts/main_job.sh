@@ -10,6 +10,9 @@
 # the files. SST2_SOURCE=files|hub forces one; DRY_RUN=1 prints the commands instead of running them.
 # Sized for a 2-core CPU (~5 minutes on an idle machine): a train subset, short length-grouped sequences, one epoch each. Override with the variables
 # below (e.g. TRAIN_SAMPLES=67349 EPOCHS=3 for the whole training set). TensorBoard logs: runs/main_job-*.
+# Progress: no progress bars (their redraws fill a log); the configs' ProgressLog callback prints a line every 50
+# optimiser steps or minute (step/total, loss, lr, samples/s, elapsed, ETA) and after each validation, the first
+# tokenization a line per cache it builds, and compare_models.py a line per model and stage.
 set -euo pipefail
 CALLER_DIR=$PWD
 cd "$(dirname "$0")/.."

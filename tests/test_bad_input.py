@@ -148,6 +148,22 @@ def yaml_syntax_error(env):
             f"expected ',' or ']' at line 3, column 1)")
 
 
+def optimizer_option(env):
+    return (in_process(env.finetune("--optimizer=torch.optim.SGD", "--optimizer.lr=0.1")),
+            "--optimizer is not used by litbert: every model builds its own AdamW (no weight decay on biases and "
+            "LayerNorm weights) with a linear warmup and decay per optimiser step (lightning_modules/optim.py); set "
+            "--model.init_args.lr, weight_decay, betas, eps and warmup_ratio or warmup_steps instead")
+
+
+def lr_scheduler_in_config(env):
+    config = env.tmp / "schedule.yaml"
+    config.write_text("lr_scheduler:\n  class_path: torch.optim.lr_scheduler.StepLR\n  init_args: {step_size: 3}\n")
+    return (in_process([*env.finetune(), "--config", str(config)]),
+            "--lr_scheduler is not used by litbert: every model builds its own AdamW (no weight decay on biases and "
+            "LayerNorm weights) with a linear warmup and decay per optimiser step (lightning_modules/optim.py); set "
+            "--model.init_args.lr, weight_decay, betas, eps and warmup_ratio or warmup_steps instead")
+
+
 def unknown_task(env):
     return (in_process(env.finetune("--data.init_args.task_name=glue9")),
             f"data.init_args.task_name: unknown task_name 'glue9'; expected one of {GLUE_TASKS} (any case, 'SST-2' or "
@@ -330,11 +346,12 @@ def squad_answer_mismatch(env):
 
 CASES = [misspelt_option, wrong_class_path, missing_teacher_directory, misspelt_model_argument, model_side_label_names,
          wrong_value_type,
-         yaml_syntax_error, unknown_task, unknown_model, batch_size_zero, max_seq_length_beyond_positions,
-         student_layers_out_of_range, vocabulary_mismatch, resume_last_without_checkpoint, empty_checkpoint_file,
-         truncated_checkpoint_file, resume_with_larger_max_steps, missing_data_file, empty_custom_tsv,
-         empty_squad_file, wrong_delimiter, missing_column, label_outside_the_list, non_utf8_tsv,
-         non_utf8_text_corpus, json_lines_syntax_error, squad_json_syntax_error, squad_answer_mismatch]
+         yaml_syntax_error, optimizer_option, lr_scheduler_in_config, unknown_task, unknown_model, batch_size_zero,
+         max_seq_length_beyond_positions, student_layers_out_of_range, vocabulary_mismatch,
+         resume_last_without_checkpoint, empty_checkpoint_file, truncated_checkpoint_file,
+         resume_with_larger_max_steps, missing_data_file, empty_custom_tsv, empty_squad_file, wrong_delimiter,
+         missing_column, label_outside_the_list, non_utf8_tsv, non_utf8_text_corpus, json_lines_syntax_error,
+         squad_json_syntax_error, squad_answer_mismatch]
 
 
 @pytest.fixture

@@ -31,3 +31,16 @@ def test_precision_default_follows_hardware(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert train.default_precision() == "bf16-mixed"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(Path(p).relative_to(Path(p).parents[2])))
+def test_every_config_prints_progress(config):
+    """ProgressLog (plain progress lines for logs: scripts/main_job.sh turns the bars off) is in every config, with
+    the guards it sits beside; HFExport stays last (`--trainer.callbacks.init_args.dirpath` addresses the last)."""
+    import yaml
+
+    callbacks = [c["class_path"] for c in yaml.safe_load(Path(config).read_text())["trainer"]["callbacks"]]
+    assert "callbacks.progress.ProgressLog" in callbacks
+    assert {"callbacks.step_seed.StepSeed", "callbacks.preemption.PreemptionCheckpoint"} <= set(callbacks)
+    if "callbacks.hf_export.HFExport" in callbacks:
+        assert callbacks[-1] == "callbacks.hf_export.HFExport"

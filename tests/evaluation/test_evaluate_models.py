@@ -1,5 +1,6 @@
 """scripts/evaluate_models.py end to end on the tiny fixtures: runs, medians table, plot."""
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import evaluate_models  # noqa: E402
 
 
-def test_two_tasks_two_seeds_table_and_plot(data_dir, tiny_bert_dir, tmp_path):
+def test_two_tasks_two_seeds_table_and_plot(data_dir, tiny_bert_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     results_md = tmp_path / "RESULTS.md"
     rows = evaluate_models.main([
@@ -17,6 +18,11 @@ def test_two_tasks_two_seeds_table_and_plot(data_dir, tiny_bert_dir, tmp_path):
         "--data_dir", str(data_dir), "--max_train_samples", "8", "--batch_size", "4", "--latency_batch_size", "4",
         "--latency_repeats", "2", "--out_dir", str(out), "--results_md", str(results_md), "--accelerator", "cpu",
     ])
+    # progress: a line as each run starts and ends (run i/N, model, task, seed, elapsed, ETA)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[run ")]
+    assert lines[0] == "[run 1/4] tiny sst2 seed 1: fine-tuning (1 epoch(s), then CPU latency)"
+    assert re.fullmatch(r"\[run 4/4\] tiny stsb seed 2: score -?[0-9.]+ \([0-9.]+ s\) \| elapsed \d+:\d\d:\d\d \| "
+                        r"ETA 0:00:00", lines[-1]) and len(lines) == 8
     runs = json.loads((out / "runs.json").read_text())
     assert [(r["task"], r["seed"]) for r in runs] == [("sst2", 1), ("sst2", 2), ("stsb", 1), ("stsb", 2)]
     assert "latency" in runs[0] and runs[0]["latency"]["num_threads"] == 1

@@ -56,7 +56,7 @@ def test_main_job_is_strict_bash():
     assert "set -euo pipefail" in (ROOT / "scripts" / "main_job.sh").read_text()
 
 
-def test_compare_models_writes_markdown_and_json(tmp_path, data_dir, wordpiece_tokenizer_dir):
+def test_compare_models_writes_markdown_and_json(tmp_path, data_dir, wordpiece_tokenizer_dir, capsys):
     from scripts.compare_models import main as compare
 
     torch.manual_seed(0)
@@ -70,6 +70,10 @@ def test_compare_models_writes_markdown_and_json(tmp_path, data_dir, wordpiece_t
     compare(["--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--task_name", "sst2",
              "--data_dir", str(data_dir), "--max_seq_length", "32", "--latency_examples", "8",
              "--latency_batch_size", "4", "--output", str(out)])
+    progress = [line.split(":")[1].strip() for line in capsys.readouterr().out.splitlines()
+                if line.startswith("compare: ")]  # a line per model and stage
+    assert [p.split()[0] for p in progress] == ["preparing", "teacher", "teacher", "teacher", "student", "student",
+                                                "student"]
     text = out.read_text()
     assert "| teacher |" in text and "| student |" in text and "dev accuracy (%)" in text
     rows = json.loads(out.with_suffix(".json").read_text())
