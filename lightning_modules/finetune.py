@@ -135,6 +135,8 @@ class SequenceClassificationModule(FineTuningModule):
     Args:
         num_labels: classes (1 for regression), linked from the DataModule.
         label_names: the label strings in class order, linked from the DataModule (None for regression).
+        label_display_names: readable names of the classes for `id2label`, linked from the DataModule (None: the
+            label names).
         is_regression: a regression task (STS-B: one output, MSE loss), linked from the DataModule.
         classifier_dropout: dropout before the classification head (None: the checkpoint's hidden dropout).
         metric_names: the metrics to compute, overriding the task spec (e.g. for your own task).
