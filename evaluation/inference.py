@@ -28,10 +28,11 @@ import torch
 from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
                           AutoModelForSequenceClassification)
 
-from datamodules.glue import GLUE_TASKS, tokenize_pairs
+from datamodules.glue import tokenize_pairs
+from datamodules.tasks import GLUE_TASKS
 from datamodules.squad import prepare_features
 from evaluation.squad import best_answers
-from lightning_modules.distill import accepted_inputs
+from models.inputs import model_inputs
 from models.model_card import read_model_card
 from models.pretrained import load_pretrained, load_tokenizer, max_input_length, resolve_model_path
 
@@ -161,7 +162,7 @@ class Predictor:
             rows = order[start:start + batch_size]
             batch = self.tokenizer.pad({k: [encoded[k][r] for r in rows] for k in keys}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            yield rows, self.model(**accepted_inputs(self.model, batch))
+            yield rows, self.model(**model_inputs(self.model, batch))
 
     # ---- classification -------------------------------------------------------------------------------------------
     @torch.inference_mode()

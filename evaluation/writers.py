@@ -8,12 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# File names the GLUE server expects, by task name (MNLI has one file per validation/test set).
-GLUE_SUBMISSION_FILES = {
-    "cola": ("CoLA.tsv",), "sst2": ("SST-2.tsv",), "mrpc": ("MRPC.tsv",), "stsb": ("STS-B.tsv",),
-    "qqp": ("QQP.tsv",), "mnli": ("MNLI-m.tsv", "MNLI-mm.tsv"), "qnli": ("QNLI.tsv",), "rte": ("RTE.tsv",),
-    "wnli": ("WNLI.tsv",), "ax": ("AX.tsv",),
-}
+from datamodules.tasks import submission_file_names
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -39,7 +34,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def glue_submission_filename(task_name: str, dataloader_idx: int = 0) -> str:
     """`SST-2.tsv`, `MNLI-m.tsv` (idx 0) / `MNLI-mm.tsv` (idx 1); `<task_name>.tsv` for custom tasks."""
-    names = GLUE_SUBMISSION_FILES.get(task_name, (f"{task_name}.tsv",))
+    names = submission_file_names(task_name)
     if dataloader_idx >= len(names):
         return f"{Path(names[0]).stem}-{dataloader_idx}.tsv"
     return names[dataloader_idx]

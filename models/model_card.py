@@ -17,6 +17,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 
+from datamodules.tasks import hub_dataset as hub_dataset_of
 from models.convert import auto_class_name
 
 PIPELINE_TAGS = {
@@ -28,10 +29,6 @@ PIPELINE_TAGS = {
     "AutoModel": "feature-extraction",
 }
 
-# Hub dataset ids (and configs) of the benchmark tasks, for `datasets:` and the model-index.
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-HUB_DATASETS = {**{task: ("nyu-mll/glue", task) for task in GLUE_TASKS},
-                "squad": ("rajpurkar/squad", None), "squad_v2": ("rajpurkar/squad_v2", None)}
 
 
 def _cell(value: Any) -> str:
@@ -100,7 +97,7 @@ def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name
     auto_name = auto_class_name(model)
     datasets = info.get("datasets") or []
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
-    hub_dataset, hub_config = HUB_DATASETS.get(str(info.get("task")), (None, None))
+    hub_dataset, hub_config = hub_dataset_of(info.get("task"))
     if not datasets and hub_dataset:
         datasets = [hub_dataset]
     index_metrics = _scalar_metrics(info.get("metrics")) or {
