@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from datamodules.atomic import atomic_directory
 from datamodules.loaders import ResumableDataLoader
 from datamodules.samplers import DistributedEvalSampler, DistributedTrainSampler
 from models.pretrained import load_tokenizer
@@ -201,12 +202,10 @@ class LitBertDataModule(pl.LightningDataModule):
         `build` returns a `datasets.Dataset`. A dataset whose Arrow files `build` wrote under `workdir` (the
         `cache_file_name`s of its maps) is kept as those files, memory-mapped, never copied; any other (in memory) is
         saved with `save_to_disk`. Everything else left in `workdir` is removed. The entry appears by one rename
-        (`models.convert.atomic_directory`), so an error or a kill never leaves a half-written entry, and a finished
+        (`datamodules.atomic.atomic_directory`), so an error or a kill never leaves a half-written entry, and a finished
         entry that another process renamed first is kept. `key` must hold everything that changes the result.
         """
         import datasets
-
-        from models.convert import atomic_directory
 
         target = self.cache_dir / f"{name}-{key_digest(key)}"
         if (target / CACHE_MANIFEST).is_file():

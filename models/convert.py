@@ -1,4 +1,4 @@
-"""Hugging Face exports without Lightning: which Auto class loads a model, the atomic export directory, rebuilding a
+"""Hugging Face exports without Lightning: which Auto class loads a model, the export directory (written atomically), rebuilding a
 model from a Lightning `.ckpt`, and pushing an export to the hub.
 
 An export directory is what `save_pretrained` writes (config.json + model.safetensors), the tokenizer files and a
@@ -7,20 +7,16 @@ model card README.md; it loads offline with `AutoModelFor...from_pretrained(dir)
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import re
-import shutil
-import socket
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+
+from datamodules.atomic import atomic_directory
 
 # Auto classes tried in order: the first whose mapping gives the model's class (or a parent of it) wins. MaskedLM
 # comes before PreTraining because AutoModelForPreTraining maps DistilBERT/RoBERTa to their *ForMaskedLM classes too.
@@ -60,89 +56,6 @@ def auto_class(name: str):
     if name not in AUTO_CLASS_NAMES:
         raise ValueError(f"unknown Auto class {name!r}; expected one of {', '.join(AUTO_CLASS_NAMES)}")
     return getattr(transformers, name)
-
-
-# ---- atomic export directory -----------------------------------------------------------------------------------------
-# `.{name}.tmp-{pid}@{host}-{8 hex}` (the directory being written) and `.{name}.old-{pid}@{host}-{8 hex}` (the previous
-# target, moved out of the way for the rename). Older versions wrote no `@{host}`.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:@(?P<host>.+))?-(?P<uid>[0-9a-f]{8})$")
-
-
-def _host() -> str:
-    return socket.gethostname().replace("/", "_") or "localhost"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Remove what `atomic_directory` left in `directory` when its process was killed; return what was removed.
-
-    A temporary is stale when it was made on this machine by a process that no longer runs (a temporary of another
-    machine sharing the folder, or of a live process, is left alone). A stale `.{name}.old-*` is the previous good
-    `name` that a killed process had moved aside just before renaming its new one in: it is moved back when `name`
-    is missing, else removed.
-    """
-    directory = Path(directory)
-    removed: list[Path] = []
-    try:
-        entries = sorted(directory.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    host = _host()
-    for path in entries:
-        match = _TEMPORARY.match(path.name)
-        if match is None or (match["host"] or host) != host or _pid_alive(int(match["pid"])):
-            continue
-        target = directory / match["name"]
-        try:
-            if match["kind"] == "old" and not target.exists():
-                path.rename(target)  # the previous good directory comes back
-                continue
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            removed.append(path)
-        except FileNotFoundError:  # another process cleaned it up first
-            pass
-    return removed
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to `target`; on success it replaces `target` by renames.
-
-    If the body raises, the temporary directory is removed and an existing `target` (a previous good export) is left
-    untouched. Replacing an existing directory takes two renames (old out of the way, new in), never a partial copy.
-    Temporaries that killed processes left next to `target` (exports, cache entries) are removed first
-    (`remove_stale_temporaries`).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target.parent)
-    tag = f"{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}"
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = target.parent / f".{target.name}.old-{tag}"
-        if target.exists():
-            target.rename(old)
-        try:
-            tmp.rename(target)
-        except BaseException:
-            if old.exists():
-                old.rename(target)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_export(model, out_dir: str | os.PathLike, tokenizer=None, model_card: str | None = None) -> Path:

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
+from datamodules.atomic import atomic_path, atomic_write_text  # noqa: E402
 from evaluation.latency import measure_cpu_latency  # noqa: E402
-from evaluation.writers import atomic_write_text, temporary_sibling, write_json  # noqa: E402
+from evaluation.writers import write_json  # noqa: E402
 
 QA_TASKS = ("squad", "squad_v2")
 
@@ -156,11 +157,11 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("dev score, median over seeds (macro over tasks)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
