@@ -27,12 +27,12 @@ import pickle
 import re
 import sys
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.run_end import add_run_end_callbacks
+from lightning_modules.precision import default_precision
 from models.convert import CheckpointFileError, check_checkpoint_file
 
 # DataModule attribute -> LightningModule init argument (see docs/ARCHITECTURE.md, "Data facts"), and the data
@@ -43,13 +43,6 @@ DATA_OPTIONS = {"task_name": "data.init_args.task_name", "num_labels": "data.ini
                 "label_names": "data.init_args.label_names", "is_regression": "data.init_args.is_regression",
                 "label_display_names": "data.init_args.label_names or data.init_args.label_map",
                 "vocab_size": "data.init_args.tokenizer", "pad_token_id": "data.init_args.tokenizer"}
-
-
-def default_precision() -> str:
-    """bf16 mixed precision on a GPU that supports it, full fp32 elsewhere (CPU bf16 autocast is slow)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def accepted_arguments(class_type) -> set[str] | None:
