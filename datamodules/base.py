@@ -13,6 +13,7 @@ Reading the files themselves (with line numbers, `DataFormatError`) is `datamodu
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -138,6 +139,13 @@ class LitBertDataModule(pl.LightningDataModule):
     # The training batches' column that numbers the rows of the training split (`train_dataset[i]` has the value i),
     # for per-row tables such as cached teacher logits; None where the DataModule has no such column.
     train_row_column: str | None = None
+
+    @staticmethod
+    def shared_arguments(values: dict[str, Any]) -> dict[str, Any]:
+        """The base's `__init__` arguments picked by name from a subclass's `locals()`, to pass on by keyword (a new
+        shared argument, or a reordered one, then needs no change in the subclasses' calls)."""
+        names = list(inspect.signature(LitBertDataModule.__init__).parameters)[1:]  # without self
+        return {name: values[name] for name in names}
 
     def __init__(
         self,

@@ -83,8 +83,7 @@ class GLUEDataModule(LitBertDataModule):
         is_regression: bool = False,
         encoding: str = "utf-8",
     ):
-        super().__init__(tokenizer, data_dir, max_seq_length, batch_size, eval_batch_size, num_workers, num_proc,
-                         group_by_length, pad_to_multiple_of, cache_dir, seed)
+        super().__init__(**self.shared_arguments(locals()))
         self.save_hyperparameters()
         if predict_split not in ("dev", "test"):
             raise ValueError(f"predict_split must be 'dev' or 'test', got {predict_split!r}")
