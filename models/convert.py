@@ -1,5 +1,5 @@
-"""Hugging Face exports without Lightning: which Auto class loads a model, the export directory (written atomically), rebuilding a
-model from a Lightning `.ckpt`, and pushing an export to the hub.
+"""Hugging Face exports without Lightning: the export directory (written atomically) and rebuilding a model from a
+Lightning `.ckpt`. Which Auto class loads a model: models/auto_class.py; pushing to the hub: models/hub.py.
 
 An export directory is what `save_pretrained` writes (config.json + model.safetensors), the tokenizer files and a
 model card README.md; it loads offline with `AutoModelFor...from_pretrained(dir)` or
@@ -17,46 +17,9 @@ import torch
 import transformers
 
 from datamodules.atomic import atomic_directory
-
-# Auto classes tried in order: the first whose mapping gives the model's class (or a parent of it) wins. MaskedLM
-# comes before PreTraining because AutoModelForPreTraining maps DistilBERT/RoBERTa to their *ForMaskedLM classes too.
-AUTO_CLASS_NAMES = (
-    "AutoModelForMaskedLM",
-    "AutoModelForSequenceClassification",
-    "AutoModelForQuestionAnswering",
-    "AutoModelForTokenClassification",
-    "AutoModelForMultipleChoice",
-    "AutoModelForCausalLM",
-    "AutoModelForPreTraining",
-    "AutoModel",
-)
-
-
-def auto_class_name(model: torch.nn.Module) -> str:
-    """Name of the transformers Auto class that rebuilds `model`, e.g. "AutoModelForSequenceClassification"."""
-    config_class = type(model.config)
-    for name in AUTO_CLASS_NAMES:
-        try:
-            mapped = getattr(transformers, name)._model_mapping[config_class]
-        except KeyError:
-            continue
-        mapped = mapped if isinstance(mapped, tuple) else (mapped,)
-        if any(issubclass(type(model), cls) for cls in mapped):
-            return name
-    # A class the Auto mappings do not know (a custom subclass): go by the Hugging Face naming convention.
-    class_name = type(model).__name__
-    for name in AUTO_CLASS_NAMES[:-1]:
-        if class_name.endswith(name.removeprefix("AutoModel")):
-            return name
-    raise ValueError(f"no transformers Auto class loads {class_name} (model_type {model.config.model_type!r})")
-
-
-def auto_class(name: str):
-    """The transformers Auto class called `name` (checked against AUTO_CLASS_NAMES)."""
-    if name not in AUTO_CLASS_NAMES:
-        raise ValueError(f"unknown Auto class {name!r}; expected one of {', '.join(AUTO_CLASS_NAMES)}")
-    return getattr(transformers, name)
-
+from models.auto_class import auto_class
+from models.model_card import render_model_card
+from models.pretrained import load_tokenizer
 
 def save_export(model, out_dir: str | os.PathLike, tokenizer=None, model_card: str | None = None) -> Path:
     """Write `model` (safetensors + config), `tokenizer` and the model card README.md to `out_dir`, atomically."""
@@ -163,9 +126,6 @@ def convert_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
     The tokenizer defaults to `datamodule_hyper_parameters["tokenizer"]`, which LightningCLI stores when the
     DataModule saved its hyper-parameters.
     """
-    from models.model_card import render_model_card
-    from models.pretrained import load_tokenizer
-
     checkpoint = load_checkpoint(ckpt_path)
     model = hf_model_from_checkpoint(checkpoint, source=str(ckpt_path))
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
@@ -192,30 +152,3 @@ def convert_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"cannot load the tokenizer {str(tokenizer)!r} for {ckpt_path} (a relative path is taken from "
                          f"the current directory {os.getcwd()}): {err}; pass --tokenizer DIR") from err
     return save_export(model, out_dir, loaded_tokenizer, card)
-
-
-# ---- hub -------------------------------------------------------------------------------------------------------------
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set (read now, not only when huggingface_hub was imported)."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def push_export_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False,
-                       commit_message: str = "Upload litbert export") -> str:
-    """Create `repo_id` if needed and upload the export `folder`; RuntimeError naming the repo when that fails."""
-    if hub_offline():
-        raise RuntimeError(
-            f"cannot push {folder} to the hub repo {repo_id!r}: HF_HUB_OFFLINE is set (offline mode); "
-            "unset it on a machine with network access, or upload the folder later with `hf upload`"
-        )
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
-    except Exception as err:  # network, authentication, permissions: all reported the same way
-        raise RuntimeError(f"cannot push {folder} to the hub repo {repo_id!r}: {type(err).__name__}: {err}") from err
-    return str(getattr(commit, "commit_url", commit))

@@ -18,7 +18,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 
 from datamodules.tasks import hub_dataset as hub_dataset_of
-from models.convert import auto_class_name
+from models.auto_class import auto_class_name
 
 PIPELINE_TAGS = {
     "AutoModelForMaskedLM": "fill-mask",
