@@ -31,6 +31,29 @@ PIPELINE_TAGS = {
 
 
 
+# Hub ids of the models litbert names by its own short names (the packaged teacher).
+HUB_MODEL_IDS = {"packaged:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+# Logged figures that are not evaluation metrics of the model: the main score (a copy or mean of real metrics),
+# example counts and learning rates (LearningRateMonitor's `lr-AdamW/pg1`).
+NOT_METRICS = ("score", "examples")
+
+
+def _is_model_metric(name: str) -> bool:
+    """Whether a logged name is an evaluation metric for the model-index (not a score copy, a count or an lr)."""
+    return name.split("/")[-1] not in NOT_METRICS and not name.startswith("lr-")
+
+
+def base_model_id(info: dict[str, Any]) -> str | None:
+    """The hub id of the model this one was trained from (the teacher of a student, else the recipe's base model);
+    None for a local directory: a path of the training machine means nothing on the hub."""
+    recipe = info.get("recipe") if isinstance(info.get("recipe"), dict) else {}
+    name = str(info.get("teacher") or recipe.get("base_model") or "")
+    name = HUB_MODEL_IDS.get(name, name)
+    if not name or name.startswith(("/", ".", "~", "packaged:")) or os.path.exists(name) or name.count("/") > 1:
+        return None
+    return name
+
+
 def _cell(value: Any) -> str:
     """One markdown table cell: numbers compact, containers as JSON, pipes escaped."""
     if isinstance(value, float):
@@ -103,6 +126,7 @@ def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name
     index_metrics = _scalar_metrics(info.get("metrics")) or {
         k: v for k, v in metrics.items() if not k.startswith("train") and not k.startswith("best ")
     }
+    index_metrics = {k: v for k, v in index_metrics.items() if _is_model_metric(k)}
     task_type = PIPELINE_TAGS.get(auto_name, "other")
     dataset = datasets[0] if datasets else str(info.get("task") or "custom")
     dataset_name = f"{dataset} {hub_config}" if hub_config and hub_config not in dataset else dataset
@@ -117,6 +141,8 @@ def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name
         tags.append("distillation")
     return ModelCardData(
         license=info.get("license", "apache-2.0"),
+        language=info.get("language", "en"),  # every corpus and benchmark here is English
+        base_model=base_model_id(info),
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS.get(auto_name),
         tags=list(dict.fromkeys(tags)),
