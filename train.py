@@ -36,7 +36,6 @@ import re
 import sys
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
@@ -44,6 +43,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.run_end import add_run_end_callbacks
 from callbacks.hp_metric import HpMetric
+from lightning_modules.precision import default_precision
 from models.convert import CheckpointFileError, check_checkpoint_file
 
 # DataModule attribute -> LightningModule init argument (see docs/ARCHITECTURE.md, "Data facts"), and the data
@@ -103,13 +103,6 @@ def choices_help(key: str) -> str:
                        for c in litbert_classes(package, base, runnable_only=True))
     return (f"The {key} class (class_path, or its name) and its init_args, usually from the config. "
             f"litbert's choices: {listed}. --{key}.help NAME documents every argument of one.")
-
-
-def default_precision() -> str:
-    """bf16 mixed precision on a GPU that supports it, full fp32 elsewhere (CPU bf16 autocast is slow)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def accepted_arguments(class_type) -> set[str] | None:

@@ -101,7 +101,8 @@ def flops_per_example(teacher_dir: Path, lengths: list[int]) -> float:
 
 
 def methods(args, teacher: Path, work: Path, cache_dir: Path) -> list[Method]:
-    device = (["--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-mixed"]
+    # precision: train.py's default (lightning_modules/precision.py), bf16-mixed on a GPU that has bf16
+    device = (["--trainer.accelerator=gpu", "--trainer.devices=1"]
               if args.device.startswith("cuda") else ["--trainer.accelerator=cpu"])
 
     threads = {} if args.threads is None else {"OMP_NUM_THREADS": str(args.threads)}

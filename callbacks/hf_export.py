@@ -26,7 +26,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.nonfinite import NonFiniteWeightsError, describe_names, non_finite_tensors
 from lightning_modules.hf_checkpoint import unwrap_model
-from models.convert import push_export_to_hub, save_export
+from models.convert import save_export
+from models.hub import push_export_to_hub
 from models.model_card import render_model_card
 
 

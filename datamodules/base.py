@@ -15,6 +15,7 @@ Reading the files themselves (with line numbers, `DataFormatError`) is `datamodu
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from datamodules.atomic import atomic_directory
 from datamodules.loaders import ResumableDataLoader
 from datamodules.samplers import DistributedEvalSampler, DistributedTrainSampler
 from models.pretrained import load_tokenizer
@@ -147,6 +149,13 @@ class LitBertDataModule(pl.LightningDataModule):
     # for per-row tables such as cached teacher logits; None where the DataModule has no such column.
     train_row_column: str | None = None
 
+    @staticmethod
+    def shared_arguments(values: dict[str, Any]) -> dict[str, Any]:
+        """The base's `__init__` arguments picked by name from a subclass's `locals()`, to pass on by keyword (a new
+        shared argument, or a reordered one, then needs no change in the subclasses' calls)."""
+        names = list(inspect.signature(LitBertDataModule.__init__).parameters)[1:]  # without self
+        return {name: values[name] for name in names}
+
     def __init__(
         self,
         tokenizer: str,
@@ -210,12 +219,10 @@ class LitBertDataModule(pl.LightningDataModule):
         `build` returns a `datasets.Dataset`. A dataset whose Arrow files `build` wrote under `workdir` (the
         `cache_file_name`s of its maps) is kept as those files, memory-mapped, never copied; any other (in memory) is
         saved with `save_to_disk`. Everything else left in `workdir` is removed. The entry appears by one rename
-        (`models.convert.atomic_directory`), so an error or a kill never leaves a half-written entry, and a finished
+        (`datamodules.atomic.atomic_directory`), so an error or a kill never leaves a half-written entry, and a finished
         entry that another process renamed first is kept. `key` must hold everything that changes the result.
         """
         import datasets
-
-        from models.convert import atomic_directory
 
         target = self.cache_dir / f"{name}-{key_digest(key)}"
         if (target / CACHE_MANIFEST).is_file():

@@ -130,7 +130,7 @@ def iter_parquet_documents(path: Path, text_column: str) -> Iterator[str]:
 def iter_glue_documents(path: Path) -> Iterator[str]:
     """Each row of a GLUE TSV is a document: its text column(s) joined."""
     from datamodules.files import read_table
-    from datamodules.glue import GLUE_TASKS, normalize_task_name
+    from datamodules.tasks import GLUE_TASKS, normalize_task_name
 
     try:
         spec = GLUE_TASKS[normalize_task_name(path.parent.name)]

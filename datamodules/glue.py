@@ -1,95 +1,18 @@
 """GLUE tasks (classic TSV layout or the hub) and your own classification/regression files (CSV, TSV, JSON lines).
 
-`GLUE_TASKS` is the table of task facts (files, columns, labels, metrics) that the fine-tuning code imports, e.g.
-`GLUE_TASKS["cola"].metrics == ("matthews",)`. Task names are accepted as `SST-2`, `sst2`, `sst-2`, ...
+The task facts (files, columns, labels, metrics) come from the one table `datamodules.tasks.GLUE_TASKS`. Task names
+are accepted as `SST-2`, `sst2`, `sst-2`, ...
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 from datamodules.base import LitBertDataModule, file_digest, key_digest, resolve_data_file
 from datamodules.files import DataFormatError, Table, first_row_width, read_table
+from datamodules.tasks import GLUE_TASKS, TaskSpec, custom_task_metrics, normalize_task_name
 
 BATCH_COLUMNS = ["input_ids", "attention_mask", "token_type_ids", "labels", "example_index"]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task's facts. Columns are header names, or 0-based indices for files without a header (CoLA).
-
-    `dev_files` / `test_files`: (split name, file name, hub split) per evaluation set (MNLI has two).
-    `hub_label_names[i]` is the label string (one of `label_names`) of the hub's integer label i.
-    """
-    name: str
-    folder: str
-    text_columns: tuple
-    label_column: str | int
-    label_names: tuple[str, ...] | None  # None: regression
-    metrics: tuple[str, ...]
-    main_metric: str
-    header: bool = True
-    train_file: str = "train.tsv"
-    dev_files: tuple = (("dev", "dev.tsv", "validation"),)
-    test_files: tuple = (("test", "test.tsv", "test"),)
-    test_text_columns: tuple | None = None  # test.tsv names its columns differently (CoLA)
-    hub_text_columns: tuple = ("sentence1", "sentence2")
-    hub_label_names: tuple[str, ...] | None = ("0", "1")
-    # What the labels mean, for a model's `id2label` (the hub's glue names, or your display names for coded labels);
-    # the files' strings where None.
-    readable_label_names: tuple[str, ...] | None = None
-
-    @property
-    def model_label_names(self) -> tuple[str, ...] | None:
-        """Label names for `config.id2label`: readable where the files say only 0/1 (or 1..4)."""
-        return self.readable_label_names or self.label_names
-
-    @property
-    def is_regression(self) -> bool:
-        return self.label_names is None
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.label_names is None else len(self.label_names)
-
-
-_ENTAIL = ("entailment", "not_entailment")
-GLUE_TASKS: dict[str, TaskSpec] = {s.name: s for s in (
-    TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), ("matthews",), "matthews", header=False,
-             test_text_columns=("sentence",), hub_text_columns=("sentence",),
-             readable_label_names=("unacceptable", "acceptable")),
-    TaskSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",), "accuracy",
-             hub_text_columns=("sentence",), readable_label_names=("negative", "positive")),
-    TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("f1", "accuracy"), "f1",
-             readable_label_names=("not_equivalent", "equivalent")),
-    TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "pearson",
-             hub_label_names=None),
-    TaskSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("f1", "accuracy"), "f1",
-             hub_text_columns=("question1", "question2"), readable_label_names=("not_duplicate", "duplicate")),
-    TaskSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
-             ("accuracy",), "accuracy",
-             dev_files=(("matched", "dev_matched.tsv", "validation_matched"),
-                        ("mismatched", "dev_mismatched.tsv", "validation_mismatched")),
-             test_files=(("matched", "test_matched.tsv", "test_matched"),
-                         ("mismatched", "test_mismatched.tsv", "test_mismatched")),
-             hub_text_columns=("premise", "hypothesis"), hub_label_names=("entailment", "neutral", "contradiction")),
-    TaskSpec("qnli", "QNLI", ("question", "sentence"), "label", _ENTAIL, ("accuracy",), "accuracy",
-             hub_text_columns=("question", "sentence"), hub_label_names=_ENTAIL),
-    TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label", _ENTAIL, ("accuracy",), "accuracy",
-             hub_label_names=_ENTAIL),
-    TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",), "accuracy",
-             readable_label_names=("not_entailment", "entailment")),
-)}
-
-
-def normalize_task_name(name: str) -> str:
-    """'SST-2' / 'sst2' / 'STS_B' -> 'sst2' / 'stsb'; 'custom' stays; anything else is a clear error."""
-    key = name.lower().replace("-", "").replace("_", "")
-    if key in GLUE_TASKS or key == "custom":
-        return key
-    raise ValueError(f"unknown task_name {name!r}; expected one of {sorted(GLUE_TASKS)} (any case, 'SST-2' or "
-                     f"'sst2' style) or 'custom' with train_file/validation_file")
 
 
 def infer_label_names(values: list[str]) -> list[str]:
@@ -99,14 +22,6 @@ def infer_label_names(values: list[str]) -> list[str]:
         return sorted(distinct, key=int)
     except ValueError:
         return sorted(distinct)
-
-
-def custom_task_metrics(num_labels: int, is_regression: bool) -> tuple[str, ...]:
-    """Metrics of your own task (`custom`): Pearson/Spearman for regression, accuracy + F1 (of label id 1) for two
-    labels, accuracy otherwise. The one rule, read by the DataModule's spec and by the fine-tuning module."""
-    if is_regression:
-        return ("pearson", "spearman")
-    return ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
 
 
 def tokenize_pairs(batch: dict, tokenizer, max_seq_length: int) -> dict:
@@ -174,8 +89,7 @@ class GLUEDataModule(LitBertDataModule):
         is_regression: bool = False,
         encoding: str = "utf-8",
     ):
-        super().__init__(tokenizer, data_dir, max_seq_length, batch_size, eval_batch_size, num_workers, num_proc,
-                         group_by_length, pad_to_multiple_of, cache_dir, seed)
+        super().__init__(**self.shared_arguments(locals()))
         self.save_hyperparameters()
         if predict_split not in ("dev", "test"):
             raise ValueError(f"predict_split must be 'dev' or 'test', got {predict_split!r}")
@@ -236,7 +150,7 @@ class GLUEDataModule(LitBertDataModule):
             display = None
         metrics = custom_task_metrics(len(raw or ()), is_regression)
         return TaskSpec("custom", "", tuple(text_columns), label_column, raw, metrics, metrics[0],
-                        header=self.header, hub_label_names=None, readable_label_names=display)
+                        header=self.header, hub_label_names=None, readable_label_names=display, hub_dataset=None)
 
     def _custom_labels(self, labelled_file, text_columns, label_column, label_names):
         """(labels in id order, display names or None): the labelled file's labels, sorted, named by `label_names`
@@ -352,7 +266,7 @@ class GLUEDataModule(LitBertDataModule):
             columns, source = self._read_hub_columns(hub_split)
         else:
             columns, source = None, file_digest(resolve_data_file(self.data_dir, relative))
-        key = self.cache_key(spec=asdict(self.spec), split=split, source=source, max_seq_length=self.max_seq_length,
+        key = self.cache_key(spec=self.spec.cache_facts(), split=split, source=source, max_seq_length=self.max_seq_length,
                              limit=limit, encoding=self.encoding, header=self.header)
 
         def build(_workdir):  # in-memory result: cached with save_to_disk

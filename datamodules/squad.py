@@ -204,8 +204,7 @@ class SQuADDataModule(LitBertDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
     ):
-        super().__init__(tokenizer, data_dir, max_seq_length, batch_size, eval_batch_size, num_workers, num_proc,
-                         group_by_length, pad_to_multiple_of, cache_dir, seed)
+        super().__init__(**self.shared_arguments(locals()))
         self.save_hyperparameters()
         if not 0 < doc_stride < max_seq_length // 2:
             raise ValueError(f"doc_stride must be in (0, max_seq_length / 2), got {doc_stride} with "

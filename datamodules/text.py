@@ -100,8 +100,7 @@ class TextCorpusDataModule(LitBertDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
     ):
-        super().__init__(tokenizer, data_dir, max_seq_length, batch_size, eval_batch_size, num_workers, num_proc,
-                         group_by_length, pad_to_multiple_of, cache_dir, seed)
+        super().__init__(**self.shared_arguments(locals()))
         self.save_hyperparameters()
         if packing not in ("full_sentences", "doc_sentences"):
             raise ValueError(f"packing must be 'full_sentences' or 'doc_sentences', got {packing!r}")

@@ -28,7 +28,8 @@ import torch
 from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
                           AutoModelForSequenceClassification)
 
-from datamodules.glue import GLUE_TASKS, tokenize_pairs
+from datamodules.glue import tokenize_pairs
+from datamodules.tasks import GLUE_TASKS
 from datamodules.squad import prepare_features
 from evaluation.squad import best_answers
 from models.inputs import model_inputs

@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# File names the GLUE server expects, by task name (MNLI has one file per validation/test set).
-GLUE_SUBMISSION_FILES = {
-    "cola": ("CoLA.tsv",), "sst2": ("SST-2.tsv",), "mrpc": ("MRPC.tsv",), "stsb": ("STS-B.tsv",),
-    "qqp": ("QQP.tsv",), "mnli": ("MNLI-m.tsv", "MNLI-mm.tsv"), "qnli": ("QNLI.tsv",), "rte": ("RTE.tsv",),
-    "wnli": ("WNLI.tsv",), "ax": ("AX.tsv",),
-}
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A fresh hidden name beside `path` for writing before the rename."""
-    return path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened like any new file (mkstemp would make it 0600: unreadable to others once renamed).
-    tmp = temporary_sibling(path)
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from datamodules.atomic import atomic_write_text
+from datamodules.tasks import submission_file_names
 
 
 def glue_submission_filename(task_name: str, dataloader_idx: int = 0) -> str:
     """`SST-2.tsv`, `MNLI-m.tsv` (idx 0) / `MNLI-mm.tsv` (idx 1); `<task_name>.tsv` for custom tasks."""
-    names = GLUE_SUBMISSION_FILES.get(task_name, (f"{task_name}.tsv",))
+    names = submission_file_names(task_name)
     if dataloader_idx >= len(names):
         return f"{Path(names[0]).stem}-{dataloader_idx}.tsv"
     return names[dataloader_idx]

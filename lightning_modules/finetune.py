@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForSequenceClassification
 
+from datamodules.tasks import GLUE_TASKS, custom_task_metrics, normalize_task_name
 from evaluation.glue_metrics import glue_metric_collection, main_score, predictions_from_logits
 from evaluation.writers import glue_submission_filename, write_glue_predictions
 from lightning_modules.distributed import log_epoch_means, true_on_any_rank
@@ -42,13 +43,11 @@ def gather_objects(obj: Any) -> list:
 
 
 def glue_task_metrics(task_name: str, is_regression: bool, num_labels: int = 2) -> tuple[list[str], list[str]]:
-    """(metric names, evaluation set names) of a task, from the spec table `datamodules.glue.GLUE_TASKS`.
+    """(metric names, evaluation set names) of a task, from the spec table `datamodules.tasks.GLUE_TASKS`.
 
-    Tasks outside the table (task "custom": your own files) follow `datamodules.glue.custom_task_metrics`:
+    Tasks outside the table (task "custom": your own files) follow `datamodules.tasks.custom_task_metrics`:
     accuracy, plus F1 for two labels, or Pearson/Spearman for regression.
     """
-    from datamodules.glue import GLUE_TASKS, custom_task_metrics, normalize_task_name
-
     name = normalize_task_name(task_name) if task_name else "custom"
     if name in GLUE_TASKS:
         spec = GLUE_TASKS[name]

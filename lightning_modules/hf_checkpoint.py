@@ -29,7 +29,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from models.convert import auto_class_name
+from models.auto_class import auto_class_name
 
 # Keys `model_card_info()` may return; `models.model_card.render_model_card` gives each a place in the README.
 # Every key is optional and values must be YAML/JSON-friendly (str, numbers, lists, dicts).

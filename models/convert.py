@@ -1,5 +1,5 @@
-"""Hugging Face exports without Lightning: which Auto class loads a model, the atomic export directory, rebuilding a
-model from a Lightning `.ckpt`, and pushing an export to the hub.
+"""Hugging Face exports without Lightning: the export directory (written atomically) and rebuilding a model from a
+Lightning `.ckpt`. Which Auto class loads a model: models/auto_class.py; pushing to the hub: models/hub.py.
 
 An export directory is what `save_pretrained` writes (config.json + model.safetensors), the tokenizer files and a
 model card README.md; it loads offline with `AutoModelFor...from_pretrained(dir)` or
@@ -7,143 +7,19 @@ model card README.md; it loads offline with `AutoModelFor...from_pretrained(dir)
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import re
-import shutil
-import socket
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
-# Auto classes tried in order: the first whose mapping gives the model's class (or a parent of it) wins. MaskedLM
-# comes before PreTraining because AutoModelForPreTraining maps DistilBERT/RoBERTa to their *ForMaskedLM classes too.
-AUTO_CLASS_NAMES = (
-    "AutoModelForMaskedLM",
-    "AutoModelForSequenceClassification",
-    "AutoModelForQuestionAnswering",
-    "AutoModelForTokenClassification",
-    "AutoModelForMultipleChoice",
-    "AutoModelForCausalLM",
-    "AutoModelForPreTraining",
-    "AutoModel",
-)
-
-
-def auto_class_name(model: torch.nn.Module) -> str:
-    """Name of the transformers Auto class that rebuilds `model`, e.g. "AutoModelForSequenceClassification"."""
-    config_class = type(model.config)
-    for name in AUTO_CLASS_NAMES:
-        try:
-            mapped = getattr(transformers, name)._model_mapping[config_class]
-        except KeyError:
-            continue
-        mapped = mapped if isinstance(mapped, tuple) else (mapped,)
-        if any(issubclass(type(model), cls) for cls in mapped):
-            return name
-    # A class the Auto mappings do not know (a custom subclass): go by the Hugging Face naming convention.
-    class_name = type(model).__name__
-    for name in AUTO_CLASS_NAMES[:-1]:
-        if class_name.endswith(name.removeprefix("AutoModel")):
-            return name
-    raise ValueError(f"no transformers Auto class loads {class_name} (model_type {model.config.model_type!r})")
-
-
-def auto_class(name: str):
-    """The transformers Auto class called `name` (checked against AUTO_CLASS_NAMES)."""
-    if name not in AUTO_CLASS_NAMES:
-        raise ValueError(f"unknown Auto class {name!r}; expected one of {', '.join(AUTO_CLASS_NAMES)}")
-    return getattr(transformers, name)
-
-
-# ---- atomic export directory -----------------------------------------------------------------------------------------
-# `.{name}.tmp-{pid}@{host}-{8 hex}` (the directory being written) and `.{name}.old-{pid}@{host}-{8 hex}` (the previous
-# target, moved out of the way for the rename). Older versions wrote no `@{host}`.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:@(?P<host>.+))?-(?P<uid>[0-9a-f]{8})$")
-
-
-def _host() -> str:
-    return socket.gethostname().replace("/", "_") or "localhost"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Remove what `atomic_directory` left in `directory` when its process was killed; return what was removed.
-
-    A temporary is stale when it was made on this machine by a process that no longer runs (a temporary of another
-    machine sharing the folder, or of a live process, is left alone). A stale `.{name}.old-*` is the previous good
-    `name` that a killed process had moved aside just before renaming its new one in: it is moved back when `name`
-    is missing, else removed.
-    """
-    directory = Path(directory)
-    removed: list[Path] = []
-    try:
-        entries = sorted(directory.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    host = _host()
-    for path in entries:
-        match = _TEMPORARY.match(path.name)
-        if match is None or (match["host"] or host) != host or _pid_alive(int(match["pid"])):
-            continue
-        target = directory / match["name"]
-        try:
-            if match["kind"] == "old" and not target.exists():
-                path.rename(target)  # the previous good directory comes back
-                continue
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            removed.append(path)
-        except FileNotFoundError:  # another process cleaned it up first
-            pass
-    return removed
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to `target`; on success it replaces `target` by renames.
-
-    If the body raises, the temporary directory is removed and an existing `target` (a previous good export) is left
-    untouched. Replacing an existing directory takes two renames (old out of the way, new in), never a partial copy.
-    Temporaries that killed processes left next to `target` (exports, cache entries) are removed first
-    (`remove_stale_temporaries`).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target.parent)
-    tag = f"{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}"
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = target.parent / f".{target.name}.old-{tag}"
-        if target.exists():
-            target.rename(old)
-        try:
-            tmp.rename(target)
-        except BaseException:
-            if old.exists():
-                old.rename(target)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
+from datamodules.atomic import atomic_directory
+from models.auto_class import auto_class
+from models.model_card import render_model_card
+from models.pretrained import load_tokenizer
 
 def save_export(model, out_dir: str | os.PathLike, tokenizer=None, model_card: str | None = None) -> Path:
     """Write `model` (safetensors + config), `tokenizer` and the model card README.md to `out_dir`, atomically."""
@@ -250,9 +126,6 @@ def convert_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
     The tokenizer defaults to `datamodule_hyper_parameters["tokenizer"]`, which LightningCLI stores when the
     DataModule saved its hyper-parameters.
     """
-    from models.model_card import render_model_card
-    from models.pretrained import load_tokenizer
-
     checkpoint = load_checkpoint(ckpt_path)
     model = hf_model_from_checkpoint(checkpoint, source=str(ckpt_path))
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
@@ -279,30 +152,3 @@ def convert_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"cannot load the tokenizer {str(tokenizer)!r} for {ckpt_path} (a relative path is taken from "
                          f"the current directory {os.getcwd()}): {err}; pass --tokenizer DIR") from err
     return save_export(model, out_dir, loaded_tokenizer, card)
-
-
-# ---- hub -------------------------------------------------------------------------------------------------------------
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set (read now, not only when huggingface_hub was imported)."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def push_export_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False,
-                       commit_message: str = "Upload litbert export") -> str:
-    """Create `repo_id` if needed and upload the export `folder`; RuntimeError naming the repo when that fails."""
-    if hub_offline():
-        raise RuntimeError(
-            f"cannot push {folder} to the hub repo {repo_id!r}: HF_HUB_OFFLINE is set (offline mode); "
-            "unset it on a machine with network access, or upload the folder later with `hf upload`"
-        )
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
-    except Exception as err:  # network, authentication, permissions: all reported the same way
-        raise RuntimeError(f"cannot push {folder} to the hub repo {repo_id!r}: {type(err).__name__}: {err}") from err
-    return str(getattr(commit, "commit_url", commit))

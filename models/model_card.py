@@ -17,7 +17,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 
-from models.convert import auto_class_name
+from datamodules.tasks import hub_dataset as hub_dataset_of
+from models.auto_class import auto_class_name
 
 PIPELINE_TAGS = {
     "AutoModelForMaskedLM": "fill-mask",
@@ -28,10 +29,29 @@ PIPELINE_TAGS = {
     "AutoModel": "feature-extraction",
 }
 
-# Hub dataset ids (and configs) of the benchmark tasks, for `datasets:` and the model-index.
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-HUB_DATASETS = {**{task: ("nyu-mll/glue", task) for task in GLUE_TASKS},
-                "squad": ("rajpurkar/squad", None), "squad_v2": ("rajpurkar/squad_v2", None)}
+
+
+# Hub ids of the models litbert names by its own short names (the packaged teacher).
+HUB_MODEL_IDS = {"packaged:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+# Logged figures that are not evaluation metrics of the model: the main score (a copy or mean of real metrics),
+# example counts and learning rates (LearningRateMonitor's `lr-AdamW/pg1`).
+NOT_METRICS = ("score", "examples")
+
+
+def _is_model_metric(name: str) -> bool:
+    """Whether a logged name is an evaluation metric for the model-index (not a score copy, a count or an lr)."""
+    return name.split("/")[-1] not in NOT_METRICS and not name.startswith("lr-")
+
+
+def base_model_id(info: dict[str, Any]) -> str | None:
+    """The hub id of the model this one was trained from (the teacher of a student, else the recipe's base model);
+    None for a local directory: a path of the training machine means nothing on the hub."""
+    recipe = info.get("recipe") if isinstance(info.get("recipe"), dict) else {}
+    name = str(info.get("teacher") or recipe.get("base_model") or "")
+    name = HUB_MODEL_IDS.get(name, name)
+    if not name or name.startswith(("/", ".", "~", "packaged:")) or os.path.exists(name) or name.count("/") > 1:
+        return None
+    return name
 
 
 def _cell(value: Any) -> str:
@@ -100,12 +120,13 @@ def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name
     auto_name = auto_class_name(model)
     datasets = info.get("datasets") or []
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
-    hub_dataset, hub_config = HUB_DATASETS.get(str(info.get("task")), (None, None))
+    hub_dataset, hub_config = hub_dataset_of(info.get("task"))
     if not datasets and hub_dataset:
         datasets = [hub_dataset]
     index_metrics = _scalar_metrics(info.get("metrics")) or {
         k: v for k, v in metrics.items() if not k.startswith("train") and not k.startswith("best ")
     }
+    index_metrics = {k: v for k, v in index_metrics.items() if _is_model_metric(k)}
     task_type = PIPELINE_TAGS.get(auto_name, "other")
     dataset = datasets[0] if datasets else str(info.get("task") or "custom")
     dataset_name = f"{dataset} {hub_config}" if hub_config and hub_config not in dataset else dataset
@@ -120,6 +141,8 @@ def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name
         tags.append("distillation")
     return ModelCardData(
         license=info.get("license", "apache-2.0"),
+        language=info.get("language", "en"),  # every corpus and benchmark here is English
+        base_model=base_model_id(info),
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS.get(auto_name),
         tags=list(dict.fromkeys(tags)),

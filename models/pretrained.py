@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from models.hub import hub_offline
+
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
 
 
@@ -43,11 +45,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     return str(Path(name).expanduser()) if looks_local else name
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(k, "").upper() in {"1", "ON", "YES", "TRUE"}
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def _from_pretrained(load, name_or_path: str, what: str, **kwargs):
     """`load(resolved path, **kwargs)`; a name that is neither a directory nor a reachable hub model is one clear
     FileNotFoundError naming it (transformers' own says only that the hub cache has no such file)."""
@@ -57,7 +54,7 @@ def _from_pretrained(load, name_or_path: str, what: str, **kwargs):
     except OSError as err:
         if Path(path).expanduser().is_dir():
             raise  # transformers names the directory and the missing file
-        where = ("the hub is offline (HF_HUB_OFFLINE is set) and has no cached copy" if _hub_offline()
+        where = ("the hub is offline (HF_HUB_OFFLINE is set) and has no cached copy" if hub_offline()
                  else "no hub model has that name (or the hub cannot be reached)")
         raise FileNotFoundError(
             f"unknown {what} {str(name_or_path)!r}: not a local directory, and {where}; give a directory (an HFExport "

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.glue import GLUEDataModule  # noqa: E402
 from evaluation.glue_metrics import glue_metric_collection, main_score, predictions_from_logits  # noqa: E402
 from evaluation.latency import measure_cpu_latency  # noqa: E402
-from evaluation.writers import atomic_write_text  # noqa: E402
+from datamodules.atomic import atomic_write_text  # noqa: E402
 from models.inputs import model_inputs  # noqa: E402
 from lightning_modules.finetune import glue_task_metrics  # noqa: E402
 from models.pretrained import load_pretrained  # noqa: E402

@@ -26,11 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
 
 from callbacks.progress import ProgressLog, format_duration  # noqa: E402
+from datamodules.atomic import atomic_path, atomic_write_text  # noqa: E402
 from evaluation.latency import measure_cpu_latency  # noqa: E402
-from evaluation.writers import atomic_write_text, temporary_sibling, write_json  # noqa: E402
+from evaluation.writers import write_json  # noqa: E402
+from lightning_modules.precision import default_precision  # noqa: E402
 
 QA_TASKS = ("squad", "squad_v2")
 
@@ -98,9 +99,7 @@ def run_one(model_path: str, task: str, seed: int, args, measure_latency: bool) 
     trainer = pl.Trainer(max_epochs=args.max_epochs, accelerator=args.accelerator, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, default_root_dir=args.out_dir,
-                         callbacks=[ProgressLog(every_n_steps=args.progress_every)],
-                         precision="bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                         else "32-true")
+                         callbacks=[ProgressLog(every_n_steps=args.progress_every)], precision=default_precision())
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     record = {"task": task, "seed": seed, "train_seconds": round(time.perf_counter() - start, 1),
@@ -161,11 +160,11 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("dev score, median over seeds (macro over tasks)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -224,7 +224,8 @@ def test_stale_temporaries_of_killed_exports_and_cache_builds_are_removed(tmp_pa
     from transformers import AutoModelForMaskedLM
 
     from datamodules.glue import GLUEDataModule
-    from models.convert import _host, save_export
+    from datamodules.atomic import _host
+    from models.convert import save_export
 
     dead = subprocess.Popen(["true"])
     dead.wait()  # a pid that no longer runs

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from callbacks.hf_export import HFExport
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
-from models.convert import auto_class
+from models.auto_class import auto_class
 from models.pretrained import load_pretrained, load_tokenizer
 from tests import fixtures
 

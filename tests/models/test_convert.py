@@ -9,8 +9,10 @@ from transformers import (AutoModelForSequenceClassification, BertConfig, BertFo
                           DistilBertConfig, DistilBertForMaskedLM, DistilBertForSequenceClassification,
                           RobertaConfig, RobertaForQuestionAnswering)
 
-from models import convert
-from models.convert import auto_class_name, convert_checkpoint, push_export_to_hub, save_export
+from models import convert, hub
+from models.auto_class import auto_class_name
+from models.convert import convert_checkpoint, save_export
+from models.hub import push_export_to_hub
 from models.pretrained import load_tokenizer
 from tests.callbacks.test_hf_export import LABELS, TinyDataModule, TinyModule, outputs, save_tiny, tiny_trainer
 
@@ -134,7 +136,7 @@ def test_push_without_network_names_the_repo(tmp_path, monkeypatch):
         push_export_to_hub(tmp_path, "me/tiny")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(convert, "hub_offline", lambda: False)  # huggingface_hub read the variable at import
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)  # huggingface_hub read the variable at import
 
     def no_network(self, *args, **kwargs):
         raise ConnectionError("Name or service not known")
