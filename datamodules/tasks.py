@@ -129,6 +129,35 @@ def hub_dataset(task_name: str | None) -> tuple[str | None, str | None]:
     return QA_HUB_DATASETS.get(task, (None, None))
 
 
+# Hub ids (dataset, config) of the MLM corpora by the folder of their files (the shared data's wikitext-2 keeps
+# `<unk>`, so it is the non-raw configuration).
+CORPUS_HUB_DATASETS = {"wikitext-2": ("Salesforce/wikitext", "wikitext-2-v1"),
+                       "wikitext-2-raw": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
+                       "wikitext-103": ("Salesforce/wikitext", "wikitext-103-v1"),
+                       "wikitext-103-raw": ("Salesforce/wikitext", "wikitext-103-raw-v1")}
+
+
+def hub_dataset_of_name(name: str) -> tuple[str, str | None]:
+    """(hub id, config) of a dataset name a module or an older card gives: "glue/sst2" -> ("nyu-mll/glue", "sst2"),
+    "squad_v2" -> ("rajpurkar/squad_v2", None), "wikitext-2" -> ("Salesforce/wikitext", "wikitext-2-v1"); a hub id
+    or an unknown name is returned as it is (config None)."""
+    task = name.removeprefix("glue/")
+    if task in GLUE_TASKS or task in QA_HUB_DATASETS:
+        return hub_dataset(task)
+    return CORPUS_HUB_DATASETS.get(name, (name, None))
+
+
+def task_of_hub_dataset(dataset: str, config: str | None) -> str | None:
+    """The task name of a hub dataset and config (the inverse of `hub_dataset`): ("nyu-mll/glue", "sst2") -> "sst2",
+    ("rajpurkar/squad_v2", None) -> "squad_v2"; None for others."""
+    for task, (hub_id, hub_config) in QA_HUB_DATASETS.items():
+        if dataset == hub_id:
+            return task
+    if config in GLUE_TASKS and dataset == GLUE_TASKS[config].hub_dataset:
+        return config
+    return None
+
+
 def submission_file_names(task_name: str) -> tuple[str, ...]:
     """The GLUE server's file names of a task, one per evaluation set; `<task_name>.tsv` for others (custom)."""
     if task_name in GLUE_TASKS:

@@ -29,7 +29,7 @@ from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForQuestion
                           AutoModelForSequenceClassification)
 
 from datamodules.glue import tokenize_pairs
-from datamodules.tasks import GLUE_TASKS
+from datamodules.tasks import GLUE_TASKS, hub_dataset_of_name, task_of_hub_dataset
 from datamodules.squad import prepare_features
 from evaluation.squad import best_answers
 from models.inputs import model_inputs
@@ -75,11 +75,17 @@ def recorded_settings(directory: str) -> dict[str, Any]:
     max_answer_length, null_score_diff_threshold, version_2 (trained on squad_v2) and task (a GLUE task name)."""
     front_matter, values = read_model_card(directory)
     settings = {k: values[k] for k in SETTINGS if isinstance(values.get(k), (int, float))}
-    datasets = [str(d) for d in front_matter.get("datasets") or []]
-    if "squad_v2" in datasets or "squad" in datasets:
-        settings["version_2"] = "squad_v2" in datasets
-    tasks = [d.removeprefix("glue/") for d in datasets if d.removeprefix("glue/") in GLUE_TASKS]  # the modules'
-    settings["task"] = tasks[0] if tasks else None
+    # The task: the model-index's hub dataset + config (nyu-mll/glue + sst2), the front matter's hub ids
+    # (rajpurkar/squad_v2), the DataModule's task_name in the tables; older cards' names (glue/sst2, squad_v2) too.
+    evaluated = [(str(result.get("dataset", {}).get("type")), result.get("dataset", {}).get("config"))
+                 for entry in front_matter.get("model-index") or [] for result in entry.get("results") or []]
+    named = [hub_dataset_of_name(str(d)) for d in front_matter.get("datasets") or []]
+    tasks = [task_of_hub_dataset(dataset, config) for dataset, config in evaluated + named]
+    tasks = [t for t in tasks if t] + ([str(values["task_name"])] if values.get("task_name") else [])
+    if tasks and tasks[0] in ("squad", "squad_v2"):
+        settings["version_2"] = tasks[0] == "squad_v2"
+    glue = [t for t in tasks if t in GLUE_TASKS]
+    settings["task"] = glue[0] if glue else None
     return settings
 
 

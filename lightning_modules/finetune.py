@@ -18,7 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForSequenceClassification
 
-from datamodules.tasks import GLUE_TASKS, custom_task_metrics, normalize_task_name
+from datamodules.tasks import GLUE_TASKS, custom_task_metrics, hub_dataset, normalize_task_name
 from evaluation.glue_metrics import glue_metric_collection, main_score, predictions_from_logits
 from evaluation.writers import glue_submission_filename, write_glue_predictions
 from lightning_modules.distributed import log_epoch_means, true_on_any_rank
@@ -188,7 +188,7 @@ class SequenceClassificationModule(FineTuningModule):
     def model_card_info(self) -> dict[str, Any]:
         info = super().model_card_info()
         if self.task_name != "custom":
-            info["datasets"] = [f"glue/{self.task_name}"]
+            info["datasets"] = [hub_dataset(self.task_name)[0]]  # nyu-mll/glue
         return info
 
     def _metrics(self, stage: str, set_name: str):

@@ -9,7 +9,7 @@ Mix it in FIRST, before LightningModule, so its hooks take precedence over Light
             self.teacher = ...                                                 # distillation only: frozen teacher
 
         def model_card_info(self) -> dict:                                   # optional, see MODEL_CARD_KEYS
-            return {"task": "mlm", "datasets": ["wikitext-2"], ...}
+            return {"task": "mlm", "datasets": ["Salesforce/wikitext"], ...}
 
 What it does:
 - `on_save_checkpoint` stores `checkpoint["hf_model"] = {"config": model.config.to_dict(), "auto_class":
@@ -36,7 +36,7 @@ from models.auto_class import auto_class_name
 MODEL_CARD_KEYS = {
     "task": "what the model does, e.g. 'masked language modelling', 'sst2', 'squad_v2'",
     "description": "a sentence or two about the model (free text)",
-    "datasets": "list of dataset names it was trained on (front matter `datasets:`), e.g. ['glue/sst2']",
+    "datasets": "hub ids of the datasets it was trained on (front matter `datasets:`), e.g. ['nyu-mll/glue']",
     "data": "dict or free text: splits, sizes, max_seq_length, masking ...",
     "recipe": "dict of hyper-parameters (lr, batch size, steps, loss weights, temperature ...)",
     "metrics": "dict name -> float of final evaluation figures (also fed to the front matter model-index)",

@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from datamodules.tasks import hub_dataset_of_name
 from lightning_modules.distributed import global_token_mean, true_on_any_rank
 from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
@@ -218,7 +219,7 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         return {
             "task": "masked language modelling",
             "description": f"{type(self.model).__name__} pretrained with litbert's RoBERTa recipe (MLM only).",
-            "datasets": sorted({Path(str(f)).parent.name or str(f) for f in files}),
+            "datasets": sorted({hub_dataset_of_name(Path(str(f)).parent.name or str(f))[0] for f in files}),
             "data": {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
             "recipe": recipe,
             "metrics": dict(self.final_metrics),

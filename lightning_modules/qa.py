@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForQuestionAnswering
 
+from datamodules.tasks import hub_dataset
 from evaluation.squad import postprocess_qa_predictions, squad_scores
 from evaluation.writers import write_squad_predictions
 from lightning_modules.distributed import log_epoch_means
@@ -164,5 +165,5 @@ class QuestionAnsweringModule(FineTuningModule):
         info = super().model_card_info()
         info["recipe"].update(n_best_size=self.hparams.n_best_size, max_answer_length=self.hparams.max_answer_length,
                               null_score_diff_threshold=self.hparams.null_score_diff_threshold)
-        info["datasets"] = ["squad_v2" if self.version_2 else "squad"]
+        info["datasets"] = [hub_dataset("squad_v2" if self.version_2 else "squad")[0]]  # rajpurkar/squad(_v2)
         return info

@@ -17,7 +17,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 
-from datamodules.tasks import hub_dataset as hub_dataset_of
+from datamodules.tasks import hub_dataset as hub_dataset_of, hub_dataset_of_name
 from models.auto_class import auto_class_name
 
 PIPELINE_TAGS = {
@@ -115,24 +115,63 @@ def architecture_summary(model) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if v is not None}
 
 
-def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name: str) -> ModelCardData:
-    """The YAML front matter; model-index from `info["metrics"]` or else the non-training logged metrics."""
+def _data_settings(info: dict[str, Any], data_hyper_parameters: dict[str, Any]) -> dict[str, Any]:
+    """The DataModule's settings: its hyper-parameters and what `model_card_info()["data"]` reports."""
+    data = info.get("data") if isinstance(info.get("data"), dict) else {}
+    return {**data_hyper_parameters, **data}
+
+
+def eval_split(data: dict[str, Any], metric_name: str = "") -> str:
+    """The model-index split a figure was computed on: the hub's split name only where it covers all of it.
+
+    A subset is named as such, e.g. `validation[articles 38-47]` (SQuAD's default evaluation on the last 10 dev
+    articles, the first 38 being its training data), `validation[first 100 examples]` (max_eval_samples), or
+    `custom (my_dev.json)` for a file that is not the dataset's own dev set.
+    """
+    files = [Path(str(f)).name for f in ([data["eval_file"]] if data.get("eval_file") else
+                                         list(data.get("val_files") or []))]
+    own_files = {"dev-v1.1.json", "dev-v2.0.json", "valid.txt"}  # the dev sets of SQuAD v1.1/v2.0 and wikitext
+    if any(name not in own_files for name in files):
+        return f"custom ({', '.join(files)})"
+    split = "validation"
+    for part in ("matched", "mismatched"):  # MNLI's two evaluation sets log `val/<set>/<metric>`
+        split = f"validation_{part}" if f"/{part}/" in metric_name else split
+    subset = []
+    if data.get("eval_articles"):
+        start, end = data["eval_articles"]
+        subset.append(f"articles {start}-{end - 1}")
+    if data.get("max_eval_samples"):
+        subset.append(f"first {data['max_eval_samples']} examples")
+    return f"{split}[{', '.join(subset)}]" if subset else split
+
+
+def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name: str,
+              data: dict[str, Any] | None = None) -> ModelCardData:
+    """The YAML front matter; model-index from `info["metrics"]` or else the non-training logged metrics.
+
+    `datasets:` are hub ids (datamodules/tasks.py; older names such as `glue/sst2` in checkpoints are mapped), the
+    model-index entries name the hub id with its config (`nyu-mll/glue` + `sst2`) and the split actually evaluated.
+    """
     auto_name = auto_class_name(model)
-    datasets = info.get("datasets") or []
-    datasets = [datasets] if isinstance(datasets, str) else list(datasets)
-    hub_dataset, hub_config = hub_dataset_of(info.get("task"))
-    if not datasets and hub_dataset:
-        datasets = [hub_dataset]
+    named = info.get("datasets") or []
+    named = [named] if isinstance(named, str) else list(named)
+    hub_datasets = [hub_dataset_of_name(str(name)) for name in named]
+    task_dataset = hub_dataset_of(info.get("task"))
+    if not hub_datasets and task_dataset[0]:
+        hub_datasets = [task_dataset]
+    datasets = list(dict.fromkeys(name for name, _ in hub_datasets))
     index_metrics = _scalar_metrics(info.get("metrics")) or {
         k: v for k, v in metrics.items() if not k.startswith("train") and not k.startswith("best ")
     }
     index_metrics = {k: v for k, v in index_metrics.items() if _is_model_metric(k)}
     task_type = PIPELINE_TAGS.get(auto_name, "other")
-    dataset = datasets[0] if datasets else str(info.get("task") or "custom")
-    dataset_name = f"{dataset} {hub_config}" if hub_config and hub_config not in dataset else dataset
+    dataset, config = hub_datasets[0] if hub_datasets else (str(info.get("task") or "custom"), None)
+    config = task_dataset[1] or config
+    dataset_name = f"{dataset} {config}" if config else dataset
+    known = "/" in dataset  # a hub id: its split names mean something (a local corpus name has none)
     results = [
-        EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset_name, dataset_config=hub_config,
-                   dataset_split="validation" if hub_dataset else None, metric_type=name.split("/")[-1],
+        EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset_name, dataset_config=config,
+                   dataset_split=eval_split(data or {}, name) if known else None, metric_type=name.split("/")[-1],
                    metric_name=name, metric_value=value)
         for name, value in index_metrics.items()
     ]
@@ -153,6 +192,42 @@ def card_data(model, info: dict[str, Any], metrics: dict[str, float], model_name
     )
 
 
+# An absolute path inside a text (a table value, an argument of the command): not after a word character or a dot,
+# so `val/score` or `1/2` are left alone.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~$])/[^\s,\[\]=\'\"`]+")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def portable(value: Any, data_dir: str | None) -> Any:
+    """`value` without the training machine's absolute paths: relative to the data directory (`$DATA_DIR/...`),
+    to the working directory, to the repository, to the home directory (`~/...`), else the file name only. Lists and dicts element-wise."""
+    if isinstance(value, dict):
+        return {k: portable(v, data_dir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, data_dir) for v in value]
+    if not isinstance(value, str):
+        return value
+    roots = [(Path(data_dir).resolve(), "$DATA_DIR")] if data_dir and os.path.isabs(str(data_dir)) else []
+    roots += [(Path.cwd(), ""), (REPO_ROOT, ""), (Path.home(), "~")]  # the run's directory: its command's paths
+
+    def relative(match: re.Match) -> str:
+        path = Path(match.group(0))
+        for root, label in roots:
+            if path == root or root in path.parents:
+                rest = path.relative_to(root).as_posix()
+                return "/".join(p for p in (label, rest if rest != "." else "") if p) or "."
+        return path.name
+
+    return ABSOLUTE_PATH.sub(relative, value)
+
+
+def _new_rows(rows: dict[str, Any], shown: dict[str, Any]) -> dict[str, Any]:
+    """The rows whose name and value no earlier table of the card showed (each hyper-parameter once); records them."""
+    new = {k: v for k, v in rows.items() if k not in shown or shown[k] != v}
+    shown.update(new)
+    return new
+
+
 def render_model_card(model, info: dict[str, Any] | None = None, *, hyper_parameters: dict | None = None,
                       data_hyper_parameters: dict | None = None, metrics: dict[str, Any] | None = None,
                       command: list[str] | None = None, model_name: str | None = None,
@@ -163,14 +238,21 @@ def render_model_card(model, info: dict[str, Any] | None = None, *, hyper_parame
     hyper_parameters / data_hyper_parameters: the module's and DataModule's saved hyper-parameters;
     metrics: logged scalars at export time; command: argv of the run (sys.argv);
     load_path: the directory or hub repo id shown in the usage snippet.
+    Absolute paths of the training machine are shown relative (`portable`); each value appears in one table only.
     """
     info = dict(info or {})
     model_name = model_name or default_model_name(model, info)
-    load_path = load_path or f"path/to/{model_name}"
     hyper_parameters, data_hyper_parameters = _public(hyper_parameters), _public(data_hyper_parameters)
+    data_settings = _data_settings(info, data_hyper_parameters)
     metrics = _scalar_metrics(metrics)
+    data_dir = str(data_settings.get("data_dir") or os.environ.get("DATA_DIR") or "")
+    data = card_data(model, info, metrics, model_name, data_settings)  # before `portable`: base_model needs paths
+    info = portable(info, data_dir)
+    hyper_parameters, data_hyper_parameters = portable(hyper_parameters, data_dir), portable(data_hyper_parameters,
+                                                                                             data_dir)
+    load_path = portable(load_path, data_dir) if load_path else f"path/to/{model_name}"
     auto_name = auto_class_name(model)
-    data = card_data(model, info, metrics, model_name)
+    shown: dict[str, Any] = {}
 
     body = [f"# {model_name}", ""]
     body += [info["description"], ""] if info.get("description") else []
@@ -182,32 +264,32 @@ def render_model_card(model, info: dict[str, Any] | None = None, *, hyper_parame
         if info.get("layer_map"):
             body += ["Student layer i was initialised from teacher layer `layer_map[i]`:", "",
                      _table(dict(enumerate(info["layer_map"])), ("student layer", "teacher layer")), ""]
-    if info.get("datasets") or info.get("data") or data_hyper_parameters:
+    data_info = info.get("data")
+    if info.get("datasets") or data_info or data_hyper_parameters:
         body += ["## Data", ""]
         body += [f"Datasets: {', '.join(data.datasets or [])}", ""] if data.datasets else []
-        data_info = info.get("data")
-        if isinstance(data_info, dict):
-            body += [_table(data_info), ""]
-        elif data_info:
-            body += [str(data_info), ""]
-        if data_hyper_parameters:
-            body += ["DataModule hyper-parameters:", "", _table(dict(data_hyper_parameters)), ""]
-    if info.get("recipe") or hyper_parameters:
+        body += [str(data_info), ""] if data_info and not isinstance(data_info, dict) else []
+        # one table: what the module reports about its data, then the DataModule's other hyper-parameters
+        rows = _new_rows({**(data_info if isinstance(data_info, dict) else {}), **data_hyper_parameters}, shown)
+        body += [_table(rows), ""] if rows else []
+    recipe = info.get("recipe") if isinstance(info.get("recipe"), dict) else {}
+    if recipe or hyper_parameters:
         body += ["## Training recipe", ""]
-        body += [_table(dict(info["recipe"])), ""] if isinstance(info.get("recipe"), dict) else []
-        if hyper_parameters:
-            body += ["LightningModule hyper-parameters:", "", _table(dict(hyper_parameters)), ""]
+        rows = _new_rows({**recipe, **{k: v for k, v in hyper_parameters.items() if k not in recipe}}, shown)
+        body += [_table(rows), ""] if rows else []
     module_metrics = _scalar_metrics(info.get("metrics"))
     if module_metrics or metrics:
         body += ["## Results", ""]
-        body += [_table(module_metrics, ("metric", "value")), ""] if module_metrics else []
-        body += ["Logged metrics at export time:", "", _table(metrics, ("metric", "value")), ""] if metrics else []
+        body += [_table(_new_rows(module_metrics, shown), ("metric", "value")), ""] if module_metrics else []
+        logged = _new_rows(metrics, shown)
+        body += ["Logged metrics at export time:", "", _table(logged, ("metric", "value")), ""] if logged else []
     body += ["## Usage", "", "```python",
              f"from transformers import AutoTokenizer, {auto_name}",
              f'model = {auto_name}.from_pretrained("{load_path}")',
              f'tokenizer = AutoTokenizer.from_pretrained("{load_path}")', "```", ""]
     if command:
-        body += ["## Reproduce", "", "Produced by:", "", "```bash", shlex.join(str(a) for a in command), "```", ""]
+        command = [portable(str(a), data_dir) for a in command]
+        body += ["## Reproduce", "", "Produced by:", "", "```bash", shlex.join(command), "```", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
 
 
@@ -226,8 +308,8 @@ def _parse_cell(text: str) -> Any:
 def read_model_card(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """(front matter, table values) of the README.md of an export directory; ({}, {}) without one.
 
-    Table values: every `| name | value |` row of the body's tables, parsed back; where a name repeats, the first
-    row wins (the Data and recipe tables come before the raw hyper-parameter tables, with the same values).
+    Table values: every `| name | value |` row of the body's tables, parsed back (each value is in one table only;
+    where a name repeats with another value, the first row wins: the Data table comes before the recipe).
     """
     path = Path(directory) / "README.md"
     if not path.is_file():

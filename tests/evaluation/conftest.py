@@ -26,7 +26,8 @@ def classifier_dir(tmp_path_factory, wordpiece_tokenizer_dir):
     torch.manual_seed(0)
     config = bert_config(wordpiece_tokenizer_dir, num_labels=2, id2label={0: "negative", 1: "positive"},
                          label2id={"negative": 0, "positive": 1})
-    card = {"task": "sst2", "datasets": ["glue/sst2"], "data": {"max_seq_length": 24}}  # as the GLUE module's
+    # as HFExport writes it: the hub id, the DataModule's task_name and max_seq_length
+    card = {"task": "sst2", "datasets": ["nyu-mll/glue"], "data": {"task_name": "sst2", "max_seq_length": 24}}
     return save(BertForSequenceClassification(config), wordpiece_tokenizer_dir,
                 tmp_path_factory.mktemp("cls") / "best", card)
 

@@ -2,12 +2,14 @@
 the same QA windows and answers as evaluation, the settings a model card records, and bad input named."""
 import pytest
 import torch
-from transformers import (AutoTokenizer, BertForQuestionAnswering, BertForSequenceClassification, BertModel,
+from huggingface_hub import ModelCard
+from transformers import (AutoTokenizer, BertConfig, BertForQuestionAnswering, BertForSequenceClassification, BertModel,
                           DistilBertConfig, DistilBertForSequenceClassification)
 
-from evaluation.inference import Predictor, table_rows
-from models.model_card import read_model_card
+from evaluation.inference import Predictor, recorded_settings, table_rows
+from models.model_card import read_model_card, render_model_card
 from tests import fixtures
+from tests.conftest import TINY
 from tests.evaluation.conftest import bert_config, save
 
 
@@ -102,12 +104,12 @@ def test_qa_long_context_windows_and_answers_as_evaluation(tmp_path, qa_dir, wor
 
 def test_qa_settings_come_from_the_model_card(tmp_path, wordpiece_tokenizer_dir):
     torch.manual_seed(0)
-    info = {"task": "squad_v2", "datasets": ["squad_v2"], "data": {"max_seq_length": 40, "doc_stride": 10},
+    info = {"task": "squad_v2", "datasets": ["rajpurkar/squad_v2"], "data": {"max_seq_length": 40, "doc_stride": 10},
             "recipe": {"n_best_size": 7, "max_answer_length": 5, "null_score_diff_threshold": 1.5}}
     out = save(BertForQuestionAnswering(bert_config(wordpiece_tokenizer_dir)), wordpiece_tokenizer_dir,
                tmp_path / "qa", info)
     front_matter, values = read_model_card(out)
-    assert front_matter["datasets"] == ["squad_v2"] and values["doc_stride"] == 10
+    assert front_matter["datasets"] == ["rajpurkar/squad_v2"] and values["doc_stride"] == 10
     predictor = Predictor(out, device="cpu")
     assert predictor.settings == {"max_seq_length": 40, "doc_stride": 10, "n_best_size": 7, "max_answer_length": 5,
                                   "null_score_diff_threshold": 1.5, "version_2": True}
@@ -165,3 +167,18 @@ def test_bad_input_is_named(tmp_path, classifier_dir, qa_dir, tiny_bert_dir, wor
     encoder = save(BertModel(bert_config(wordpiece_tokenizer_dir)), wordpiece_tokenizer_dir, tmp_path / "encoder")
     with pytest.raises(ValueError, match=r"architectures \['BertModel'\]; raw-text inference serves"):
         Predictor(encoder)
+
+
+def test_the_task_is_read_from_the_model_index_and_from_older_cards(tmp_path):
+    model = BertForSequenceClassification(BertConfig(vocab_size=40, **TINY))
+    cards = {"index": {"task": "mrpc", "metrics": {"val/f1": 80.0}},  # nyu-mll/glue + mrpc in the model-index
+             "squad": {"task": "squad_v2", "metrics": {"val/f1": 50.0}}}
+    for name, info in cards.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(render_model_card(model, info))
+    assert ModelCard.load(tmp_path / "index" / "README.md").data.datasets == ["nyu-mll/glue"]
+    assert recorded_settings(str(tmp_path / "index"))["task"] == "mrpc"
+    assert recorded_settings(str(tmp_path / "squad"))["version_2"] is True
+    (tmp_path / "old").mkdir()  # a card written before hub ids
+    (tmp_path / "old" / "README.md").write_text("---\ndatasets:\n- glue/qnli\n---\n# old\n")
+    assert recorded_settings(str(tmp_path / "old"))["task"] == "qnli"
