@@ -200,7 +200,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def portable(value: Any, data_dir: str | None) -> Any:
     """`value` without the training machine's absolute paths: relative to the data directory (`$DATA_DIR/...`),
-    to the working directory, to the repository, to the home directory (`~/...`), else the file name only. Lists and dicts element-wise."""
+    to the working directory, to the repository, to the home directory (`~/...`), else the file name only. Lists
+    and dicts element-wise."""
     if isinstance(value, dict):
         return {k: portable(v, data_dir) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
