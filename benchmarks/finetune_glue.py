@@ -74,12 +74,15 @@ def example_lengths(train_file: Path, task, tokenizer, max_seq_length: int) -> l
 
 
 def useful_flops_per_sample(pretrained: str, num_labels: int, lengths: list[int]) -> float:
-    from transformers import AutoModelForSequenceClassification
+    """3 x the forward FLOPs of each example at its own length, averaged (`models.flops.mean_example_flops`)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from models.flops import mean_example_flops
-    from models.pretrained import load_pretrained
+    from models.pretrained import resolve_model_path
 
-    model = load_pretrained(AutoModelForSequenceClassification, pretrained, num_labels=num_labels)
+    config = AutoConfig.from_pretrained(resolve_model_path(pretrained), num_labels=num_labels)
+    with torch.device("meta"):  # only the type and the config count: no weights loaded
+        model = AutoModelForSequenceClassification.from_config(config)
     return mean_example_flops(model, lengths)
 
 
