@@ -9,15 +9,18 @@ per-step time from the difference, so start-up cancels):
 - `hf_trainer_group_by_length`: the same with the Trainer's own best setting for this,
   `train_sampling_strategy="group_by_length"` (batches of similar lengths: less padding);
 - `litbert`: `python train.py fit --config configs/finetune/glue.yaml --trainer.max_steps N
-  --trainer.default_root_dir root`, the shipped config as it is (with its callbacks, logger and checkpoint at the end),
-  in a fresh directory, with DATA_DIR set; its `last.ckpt` must say N optimiser steps.
+  --trainer.default_root_dir root`, the shipped config as it is (its batching, callbacks, logger, and what it does
+  once at the end: validation, checkpoint, export), in a fresh directory, with DATA_DIR set; Lightning must report
+  that the run reached N optimiser steps.
 Same hyper-parameters in all (read from the config: lr, weight decay, warmup ratio, Adam betas and epsilon, batch
 size, max_seq_length); the Trainer keeps its default max_grad_norm 1.0 (the config does not clip). On a GPU both use
 bf16 autocast (the Trainer's `bf16=True`, litbert's default `bf16-mixed`), and MFU is against the measured bf16 peak.
 
 Columns: tokens/s counts non-padding tokens (the mean length of SST-2 train under the MiniLM tokenizer); MFU's
-numerator is the useful work, 3 x the forward FLOPs of each example at its own length (`models.flops`), the same for
-every method, so padding is waste. The runs stay inside the first epoch (no validation in the timed steps).
+numerator is the useful work, 3 x the whole model's forward FLOPs on each example at its own length
+(`models.flops.mean_example_flops`), the same for every method: padding is waste, and litbert's last layer at the
+first token only (less arithmetic for the same result) shows as speed. The runs stay inside the first epoch (no
+validation in the timed steps).
 
     DATA_DIR=/path/to/data python benchmarks/finetune_glue.py --short 5 --long 25 --repeats 1
 (the Trainer needs `accelerate`: pip install 'accelerate>=1.1'.)
@@ -63,14 +66,17 @@ def recipe(config_path: str) -> tuple[dict, dict]:
     return config["model"]["init_args"], config["data"]["init_args"]
 
 
-def example_lengths(train_file: Path, task, tokenizer, max_seq_length: int) -> list[int]:
-    """Non-padding length of every training example under `tokenizer`, truncated as both methods truncate."""
-    from datamodules.files import read_table
+def example_lengths(data_args: dict, data_dir: Path, cache_dir: Path) -> list[int]:
+    """Non-padding length of every training example, as litbert's GLUEDataModule tokenizes it (the reference
+    truncates the same way with the same tokenizer); builds litbert's cache of it on the way."""
+    from datamodules.base import row_lengths
+    from datamodules.glue import GLUEDataModule
 
-    table = read_table(train_file, header=task.header)
-    texts = [table.values(c) for c in task.text_columns]
-    encoded = tokenizer(*texts, truncation=True, max_length=max_seq_length)
-    return [len(ids) for ids in encoded["input_ids"]]
+    dm = GLUEDataModule(tokenizer=data_args["tokenizer"], task_name=data_args["task_name"], data_dir=str(data_dir),
+                        cache_dir=str(cache_dir), max_seq_length=int(data_args["max_seq_length"]))
+    dm.prepare_data()
+    dm.setup("fit")
+    return row_lengths(dm.train_dataset)
 
 
 def useful_flops_per_sample(pretrained: str, num_labels: int, lengths: list[int]) -> float:
@@ -88,8 +94,8 @@ def useful_flops_per_sample(pretrained: str, num_labels: int, lengths: list[int]
 
 def main():
     args = parse_args()
-    from datamodules.glue import GLUE_TASKS, normalize_task_name
-    from models.pretrained import load_tokenizer, resolve_model_path
+    from datamodules.tasks import GLUE_TASKS, normalize_task_name
+    from models.pretrained import resolve_model_path
 
     model_args, data_args = recipe(args.config)
     task = GLUE_TASKS[normalize_task_name(data_args["task_name"])]
@@ -101,16 +107,17 @@ def main():
         sys.exit("the Hugging Face Trainer needs accelerate: pip install 'accelerate>=1.1' (or leave the hf_trainer "
                  "methods out with --methods litbert)")
     batch_size, max_len = int(data_args["batch_size"]), int(data_args["max_seq_length"])
-    lengths = example_lengths(train_file, task, load_tokenizer(data_args["tokenizer"]), max_len)
-    if args.long >= math.ceil(len(lengths) / batch_size):
-        sys.exit(f"--long {args.long} reaches the end of the first epoch ({math.ceil(len(lengths) / batch_size)} "
-                 f"steps), where litbert validates: keep the runs inside it")
-    flops_per_sample = useful_flops_per_sample(model_args["pretrained"], task.num_labels, lengths)
-    peak, dtype = device_peak_flops(args.device)
+    beta1, beta2 = model_args.get("betas", [0.9, 0.999])
 
     with tempfile.TemporaryDirectory(prefix="bench-glue-") as cache:
         env = child_env(Path(cache), args.device)
-        beta1, beta2 = model_args.get("betas", [0.9, 0.999])
+        lengths = example_lengths(data_args, data_dir, Path(env["LITBERT_CACHE"]))
+        steps_per_epoch = math.ceil(len(lengths) / batch_size)
+        if args.long >= steps_per_epoch:
+            sys.exit(f"--long {args.long} reaches the end of the first epoch ({steps_per_epoch} steps), where "
+                     f"litbert validates: keep the runs inside it")
+        flops_per_sample = useful_flops_per_sample(model_args["pretrained"], task.num_labels, lengths)
+        peak, dtype = device_peak_flops(args.device)
 
         def hf_command(strategy: str):
             return lambda steps: [
@@ -124,7 +131,7 @@ def main():
                 "--train_sampling_strategy", strategy, "--device", args.device]
 
         def litbert_command(steps: int) -> list[str]:
-            # Only what a run in a fresh directory needs; the default_root_dir holds checkpoints/last.ckpt.
+            # Only what a run in a fresh directory needs (the config names the data under DATA_DIR).
             return [sys.executable, str(REPO / "train.py"), "fit", "--config", str(Path(args.config).resolve()),
                     "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root"]
 
@@ -140,7 +147,7 @@ def main():
 
     tokens_per_sample = statistics.fmean(lengths)
     print(f"\ntokens/sample {tokens_per_sample:.1f} (non-padding, mean over the train set); useful FLOPs/sample "
-          f"{flops_per_sample / 1e9:.3f} GFLOP (3 x forward at each example's own length)\n")
+          f"{flops_per_sample / 1e9:.3f} GFLOP (3 x the whole model's forward at each example's own length)\n")
     print_table(measured, batch_size, tokens_per_sample, flops_per_sample, peak,
                 baseline=[m.name for m in measured if m.name in HF_METHODS])
 

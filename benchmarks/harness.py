@@ -117,8 +117,9 @@ def periodic_work_past(config_path: str | Path, steps: int) -> tuple[dict, list[
     """An override for a Lightning config (a second `--config`) that moves its step-periodic work past `steps`
     optimiser steps, for a reference that does none (the Trainer with eval/save strategy "no"): validation every
     `val_check_interval` steps (an int; a float is per epoch) and `ModelCheckpoint(every_n_train_steps=...)`. The
-    callbacks list is restated whole (a later config replaces a list); the sanity-check validation at the start and
-    the checkpoint at the end stay (start-up and teardown: they cancel). Returns (override, what was moved)."""
+    callbacks list is restated whole (a later config replaces a list). What runs once, at the start or the end (the
+    sanity check, a final validation, the last checkpoint), stays: start-up and teardown cancel. Returns (override,
+    what was moved)."""
     import copy
 
     import yaml

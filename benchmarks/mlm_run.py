@@ -13,7 +13,8 @@ per-step time from the difference, so start-up cancels):
   --trainer.default_root_dir root --data.init_args.tokenizer <absolute path>` in a fresh directory with DATA_DIR set;
   the override (`harness.periodic_work_past`) moves the config's validation (every 250 steps) and step checkpoints
   (every 100) past the long run, since the reference neither evaluates nor saves during training; the output says what
-  it moved. The sanity-check validation at the start and the checkpoint and export at the end stay (they cancel).
+  it moved. What runs once, at the start (sanity-check validation) or at the end (litbert's final validation,
+  checkpoint, export), stays: start-up and teardown cancel.
 On a GPU both use bf16 autocast and MFU is against the measured bf16 peak.
 
 FLOPs/sample, the same numerator for both methods: the *useful* model FLOPs, 3 x (the encoder on the 128 positions +
