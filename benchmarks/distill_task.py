@@ -57,6 +57,7 @@ def parse_args():
     args = p.parse_args()
     if not args.data_dir:
         sys.exit("give --data_dir or set DATA_DIR (the folder that holds glue/SST-2/train.tsv)")
+    args.data_dir = str(Path(args.data_dir).expanduser().resolve())  # every run starts in its own empty folder
     return args
 
 
@@ -91,13 +92,12 @@ def flops_per_example(teacher_dir: Path, lengths: list[int]) -> float:
     """Mean over the examples of teacher forward + 3 x student forward at the example's own length."""
     from transformers import AutoModelForSequenceClassification
 
-    from models.flops import TRAINING_FACTOR, forward_flops
+    from models.flops import mean_example_flops
     from models.student import extract_student
 
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     student = extract_student(teacher, STUDENT_LAYERS)
-    return statistics.fmean(forward_flops(teacher, 1, n) + TRAINING_FACTOR * forward_flops(student, 1, n)
-                            for n in lengths)
+    return mean_example_flops(teacher, lengths, factor=1) + mean_example_flops(student, lengths)
 
 
 def methods(args, teacher: Path, work: Path, cache_dir: Path) -> list[Method]:
@@ -110,7 +110,7 @@ def methods(args, teacher: Path, work: Path, cache_dir: Path) -> list[Method]:
     def litbert(name: str, *extra: str) -> Method:
         def command(epochs: int) -> list[str]:
             root = work / f"{name}-{epochs}"
-            return [sys.executable, str(REPO / "train.py"), "fit", "--config", CONFIG,
+            return [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / CONFIG),
                     f"--model.init_args.teacher={teacher}", f"--data.init_args.tokenizer={teacher}",
                     f"--data.init_args.data_dir={args.data_dir}",
                     f"--data.init_args.max_train_samples={args.max_train_samples}",
@@ -157,7 +157,7 @@ def main():
         lengths = tokenized_lengths(args, teacher, cache_dir)
         flops = flops_per_example(teacher, lengths)
         peak = matmul_peak_flops(device=args.device)
-        print(machine_line(peak))
+        print(machine_line(peak, args.device))
         mfu_peak = peak
         if args.device.startswith("cuda"):
             mfu_peak = matmul_peak_flops(size=8192, device=args.device, dtype=torch.bfloat16)
@@ -166,7 +166,9 @@ def main():
         print(f"SST-2: {n} training rows, {mean_len:.1f} tokens on average (max {max(lengths)}); batch "
               f"{args.batch_size}; {flops / 1e9:.2f} GFLOP per example (teacher 1x + student 3x); device {args.device}")
         print(f"runs of {args.short_epochs} and {args.epochs} epochs, {args.repeats} time(s) each, alternating:")
-        measured = compare(methods(args, teacher, work, cache_dir), args.short_epochs, args.epochs, args.repeats)
+        # No warm-up run: the tokenized split is built above, and each run pays its own teacher-logit pass.
+        measured = compare(methods(args, teacher, work, cache_dir), args.short_epochs, args.epochs, args.repeats,
+                           warmup=False)
         baseline = "plain PyTorch loop"
         print(f"\nPer epoch (a 'step' in this table is one epoch of {n} examples), start-up and caching cancelled:\n")
         print_table(measured, samples_per_step=n, tokens_per_sample=mean_len, flops_per_sample=flops,

@@ -6,16 +6,27 @@ a plain PyTorch loop) that takes a number of optimiser steps. `compare` runs eve
 steps, alternating the methods (A short, B short, A long, B long, ... repeated) so that load from elsewhere hits all of
 them alike, and takes per-step time = (T_long - T_short) / (long - short): start-up (imports, model loading,
 tokenization, caching, `torch.compile`) cancels. Peak memory is the long run's peak RSS (`os.wait4` of the child,
-which includes its own children, e.g. dataloader workers).
+which also covers the descendants it waited for, e.g. dataloader workers: the largest single process, not their sum).
+The same difference of the child's CPU time (user + system) gives core-seconds per step: on a shared machine, time
+spent waiting for a core lengthens the wall figure but not that one.
+
+Every run starts in a fresh, empty working directory (removed afterwards), so that no run sees another's checkpoints
+or logs; commands name the repository's files by absolute path (`REPO`). A method may say how many optimiser steps a
+run really did (`Method.steps_done`, e.g. `lightning_steps_done`): a run that stopped early (a time cap, a diverged
+loss) would otherwise pass for a fast one. Before the timed runs, each method runs once untimed (`warmup`): caches that
+the first run fills (tokenized data, compiled kernels) would otherwise land in one timed run and bias the difference.
+`child_env` points those caches into the benchmark's own folder, so every benchmark starts from the same state.
 
 MFU: model FLOPs of the useful work (each example's non-padding tokens, the training factor 3 for a trained model and 1
-for a frozen teacher; `models.flops`) per second, divided by the fp32 matrix-multiply rate this machine reaches
-(`matmul_peak_flops`, measured at the start of the benchmark on large square products). The numerator is the same
-for every method on the same data, so the ratio of two MFUs is their speed ratio.
+for a frozen teacher; `models.flops`) per second, divided by the matrix-multiply rate this machine reaches in the
+dtype the runs compute in (`device_peak_flops`: fp32 on a CPU, bf16 on a GPU; measured at the start of the benchmark
+on large square products). The numerator is the same for every method on the same data, so the ratio of two MFUs is
+their speed ratio.
 """
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,16 +60,38 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 10, rounds: int = 3, devi
     return 2 * size ** 3 / best
 
 
+def device_peak_flops(device: str) -> tuple[float, str]:
+    """(FLOP/s, dtype name) of the matmul peak for the precision litbert and the Trainer use on `device`: fp32 on a
+    CPU (CPU bf16 autocast is slow, so neither uses it); bf16 on a GPU, on products large enough to fill it."""
+    if device.startswith("cuda"):
+        return matmul_peak_flops(size=8192, repeats=20, device=device, dtype=torch.bfloat16), "bf16"
+    return matmul_peak_flops(device=device), "fp32"
+
+
+def child_env(cache_root: Path, device: str) -> dict:
+    """Environment for the benchmarked runs: litbert's and `datasets`' caches under `cache_root` (fresh for each
+    benchmark, filled by the warm-up runs), the hub offline (a network probe would add its time-out to one run), and
+    no GPU visible when `device` is cpu (both litbert and the Trainer pick the GPU, and bf16, whenever they see one)."""
+    env = {"LITBERT_CACHE": str(cache_root / "litbert"), "HF_DATASETS_CACHE": str(cache_root / "datasets"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if not device.startswith("cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
 @dataclass
 class RunResult:
     wall_s: float
     peak_rss_mb: float
     output: str
+    cpu_s: float = 0.0     # user + system CPU time of the child and the descendants it waited for
 
 
 def run_timed(cmd: list[str], env: dict | None = None, cwd: Path = REPO) -> RunResult:
     """Run `cmd` to the end; wall time and peak RSS of the child (and its children). Fails loudly on a non-zero exit."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    # The repository first on the path, keeping the caller's PYTHONPATH after it.
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    full_env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -69,15 +102,74 @@ def run_timed(cmd: list[str], env: dict | None = None, cwd: Path = REPO) -> RunR
         output = log.read()
     if proc.returncode != 0:
         sys.exit(f"benchmark run failed (exit {proc.returncode}): {' '.join(cmd)}\n{output[-4000:]}")
-    return RunResult(wall_s=wall, peak_rss_mb=usage.ru_maxrss / 1024, output=output)
+    return RunResult(wall_s=wall, peak_rss_mb=usage.ru_maxrss / 1024, output=output,
+                     cpu_s=usage.ru_utime + usage.ru_stime)
+
+
+def lightning_steps_done(workdir: Path, output: str) -> int:
+    """Optimiser steps of a Lightning run that stopped at its `max_steps` (Lightning then prints "`Trainer.fit`
+    stopped: `max_steps=N` reached.", N being the global step), -1 if it stopped otherwise (time cap, early stop)."""
+    found = re.findall(r"`Trainer.fit` stopped: `max_steps=(\d+)` reached", output)
+    return int(found[-1]) if found else -1
+
+
+def periodic_work_past(config_path: str | Path, steps: int) -> tuple[dict, list[str]]:
+    """An override for a Lightning config (a second `--config`) that moves its step-periodic work past `steps`
+    optimiser steps, for a reference that does none (the Trainer with eval/save strategy "no"): validation every
+    `val_check_interval` steps (an int; a float is per epoch) and `ModelCheckpoint(every_n_train_steps=...)`. The
+    callbacks list is restated whole (a later config replaces a list). What runs once, at the start or the end (the
+    sanity check, a final validation, the last checkpoint), stays: start-up and teardown cancel. Returns (override,
+    what was moved)."""
+    import copy
+
+    import yaml
+
+    trainer = yaml.safe_load(Path(config_path).read_text()).get("trainer") or {}
+    override, moved = {}, []
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval <= steps:
+        override["val_check_interval"] = steps + 1
+        moved.append(f"validation every {interval} steps")
+    callbacks = copy.deepcopy(trainer.get("callbacks") or [])
+    for callback in callbacks:
+        init_args = callback.get("init_args") or {}
+        every = init_args.get("every_n_train_steps")
+        if str(callback.get("class_path", "")).endswith("ModelCheckpoint") and every and every <= steps:
+            init_args["every_n_train_steps"] = steps + 1
+            override["callbacks"] = callbacks
+            moved.append(f"checkpoints every {every} steps")
+    return ({"trainer": override} if override else {}), moved
+
+
+def reported_steps_done(workdir: Path, output: str) -> int:
+    """Optimiser steps a run printed as `optimizer_steps=N` (the reference scripts print the Trainer's global step),
+    -1 if it did not."""
+    found = re.findall(r"^optimizer_steps=(\d+)$", output, flags=re.MULTILINE)
+    return int(found[-1]) if found else -1
 
 
 @dataclass
 class Method:
-    """One way of doing the work: `command(steps)` is the command line of a run of `steps` optimiser steps."""
+    """One way of doing the work: `command(steps)` is the command line of a run of `steps` optimiser steps, run in a
+    fresh empty working directory; `steps_done(workdir, output)`, if given, says how many steps the run really did."""
     name: str
     command: Callable[[int], list[str]]
     env: dict = field(default_factory=dict)
+    steps_done: Callable[[Path, str], int] | None = None
+
+
+def run_method(method: Method, steps: int) -> RunResult:
+    """One timed run of `method` for `steps` steps in a fresh temporary directory; fails loudly if it did not do
+    them (`Method.steps_done`)."""
+    cmd = method.command(steps)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{method.name}-") as workdir:
+        result = run_timed(cmd, env=method.env, cwd=Path(workdir))
+        if method.steps_done is not None:
+            done = method.steps_done(Path(workdir), result.output)
+            if done != steps:
+                sys.exit(f"benchmark run {method.name} did {done} optimiser steps, not {steps} (-1: not found; a "
+                         f"time cap or an early stop?): {' '.join(cmd)}\n{result.output[-4000:]}")
+    return result
 
 
 @dataclass
@@ -87,51 +179,65 @@ class Measured:
     step_s_all: list[float]
     peak_rss_mb: float     # of the long runs, the largest
     startup_s: float       # T_short - short * step_s: what a run costs beyond its steps
+    cpu_step_s: float = 0.0  # the same difference of CPU time: what a step costs in core-seconds
 
 
-def compare(methods: list[Method], short: int, long: int, repeats: int = 1, verbose: bool = True) -> list[Measured]:
-    """Time every method at `short` and `long` steps, alternating methods, `repeats` times; see the module doc."""
+def compare(methods: list[Method], short: int, long: int, repeats: int = 1, verbose: bool = True,
+            warmup: bool = True) -> list[Measured]:
+    """Time every method at `short` and `long` steps, alternating methods, `repeats` times, after one untimed run of
+    each at `short` steps (`warmup`); see the module doc."""
     if long <= short:
         raise ValueError(f"long ({long}) must exceed short ({short})")
+    for method in methods if warmup else []:
+        result = run_method(method, short)
+        if verbose:
+            print(f"  [warm-up] {method.name:<28} {short:>5} steps  {result.wall_s:8.1f} s (untimed)", flush=True)
     runs: dict[tuple[str, int], list[RunResult]] = {}
     for r in range(repeats):
         for steps in (short, long):
             for method in methods:
-                result = run_timed(method.command(steps), env=method.env)
+                result = run_method(method, steps)
                 runs.setdefault((method.name, steps), []).append(result)
                 if verbose:
                     print(f"  [{r + 1}/{repeats}] {method.name:<28} {steps:>5} steps  {result.wall_s:8.1f} s  "
-                          f"peak RSS {result.peak_rss_mb:7.0f} MB", flush=True)
+                          f"CPU {result.cpu_s:8.1f} s  peak RSS {result.peak_rss_mb:7.0f} MB", flush=True)
     measured = []
     for method in methods:
         shorts, longs = runs[(method.name, short)], runs[(method.name, long)]
         per_step = [(b.wall_s - a.wall_s) / (long - short) for a, b in zip(shorts, longs)]
         step_s = statistics.median(per_step)
         startup = statistics.median(a.wall_s for a in shorts) - short * step_s
-        measured.append(Measured(method.name, step_s, per_step, max(b.peak_rss_mb for b in longs), startup))
+        cpu_step = statistics.median((b.cpu_s - a.cpu_s) / (long - short) for a, b in zip(shorts, longs))
+        measured.append(Measured(method.name, step_s, per_step, max(b.peak_rss_mb for b in longs), startup, cpu_step))
     return measured
 
 
 def print_table(measured: list[Measured], samples_per_step: float, tokens_per_sample: float,
-                flops_per_sample: float, peak_flops: float, baseline: str | None = None) -> None:
-    """A markdown table: s/step, samples/s, non-padding tokens/s, MFU, peak RSS, start-up and speed ratios."""
-    base = {m.name: m for m in measured}.get(baseline) if baseline else None
-    print("| method | s/step | samples/s | tokens/s | MFU | peak RSS | start-up | speed vs " + (baseline or "-") + " |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+                flops_per_sample: float, peak_flops: float, baseline: str | list[str] | None = None) -> None:
+    """A markdown table: s/step, samples/s, non-padding tokens/s, MFU, CPU s/step, peak RSS, start-up, and one
+    speed-ratio column per baseline method (its s/step over the row's: above 1 is faster than the baseline).
+
+    CPU s/step (core-seconds) is for a shared machine: waiting for a core that another process holds lengthens the
+    wall time, not the CPU time, so a CPU figure far below threads x s/step says the wall figures are load, not work."""
+    by_name = {m.name: m for m in measured}
+    baselines = [baseline] if isinstance(baseline, str) else list(baseline or [])
+    ratio_heads = "".join(f" speed vs {b} |" for b in baselines)
+    print("| method | s/step | samples/s | tokens/s | MFU | CPU s/step | peak RSS | start-up |" + ratio_heads)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(baselines))
     for m in measured:
         samples = samples_per_step / m.step_s
         mfu = samples * flops_per_sample / peak_flops
-        ratio = f"{base.step_s / m.step_s:.2f}x" if base else "-"
+        ratios = "".join(f" {by_name[b].step_s / m.step_s:.2f}x |" for b in baselines)
         print(f"| {m.name} | {m.step_s:.3f} | {samples:.1f} | {samples * tokens_per_sample:,.0f} | {100 * mfu:.1f}% "
-              f"| {m.peak_rss_mb / 1024:.2f} GB | {m.startup_s:.0f} s | {ratio} |")
+              f"| {m.cpu_step_s:.3f} | {m.peak_rss_mb / 1024:.2f} GB | {m.startup_s:.0f} s |{ratios}")
 
 
-def machine_line(peak_flops: float) -> str:
+def machine_line(peak_flops: float, device: str = "cpu", dtype: str = "fp32") -> str:
     """One line naming the machine: CPU model (or GPU), threads, torch version and the measured matmul peak."""
-    if torch.cuda.is_available():
+    if device.startswith("cuda"):
         chip = torch.cuda.get_device_name()
     else:
         chip = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name")), "cpu")
-    return (f"machine: {chip}, {torch.get_num_threads()} threads, torch {torch.__version__}; measured fp32 matmul "
-            f"peak {peak_flops / 1e9:.0f} GFLOP/s")
+    return (f"machine: {chip}, {torch.get_num_threads()} threads, torch {torch.__version__}; measured {dtype} "
+            f"matmul peak {peak_flops / 1e9:.0f} GFLOP/s")

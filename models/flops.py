@@ -86,3 +86,16 @@ def forward_flops(model, batch_size: int, seq_len: int, head_positions: int | No
         return flops + qa_head_flops(config, batch_size, seq_len)
     raise TypeError(f"forward_flops does not know the head of {name} (expected *ForMaskedLM, "
                     "*ForSequenceClassification or *ForQuestionAnswering)")
+
+
+def mean_example_flops(model, lengths, factor: int = TRAINING_FACTOR) -> float:
+    """Mean over examples of `factor` x the forward FLOPs of each example alone at its own (non-padding) length: the
+    useful work per example, the same however the examples are batched and padded (dynamic padding, length-grouped
+    batches), e.g. the numerator of a benchmark's MFU. Lengths are counted once each (a data set has few distinct)."""
+    counts: dict[int, int] = {}
+    for length in lengths:
+        counts[int(length)] = counts.get(int(length), 0) + 1
+    if not counts:
+        raise ValueError("mean_example_flops needs at least one example length")
+    total = sum(n * forward_flops(model, 1, length) for length, n in counts.items())
+    return factor * total / sum(counts.values())

@@ -17,7 +17,8 @@ from datamodules.masking import MLMMasker
 from lightning_modules.distill import MaskedLMDistillationModule
 from lightning_modules.distill_tasks import GLUEDistillationModule, QADistillationModule
 from lightning_modules.mlm import MaskedLMModule, batch_size, non_pad_tokens
-from models.flops import TRAINING_FACTOR, encoder_forward_flops, forward_flops, mlm_head_flops
+from models.flops import (TRAINING_FACTOR, encoder_forward_flops, forward_flops, mean_example_flops,
+                          mlm_head_flops)
 from models.mlm import build_masked_lm
 from tests.conftest import TINY
 from tests.lightning_modules.test_mlm import FixtureBlocks
@@ -142,6 +143,18 @@ def test_classification_head_of_roberta_counts_the_first_token_only():
     model = RobertaForSequenceClassification(RobertaConfig(vocab_size=100, num_labels=2, **SIZE))
     ids = torch.randint(5, 100, (2, 8))
     assert measure_flops(model, lambda: model(input_ids=ids).logits) == forward_flops(model, 2, 8)
+
+
+def test_mean_example_flops_counts_each_example_at_its_own_length():
+    """The benchmarks' useful work per example: no padding, whatever the batch; equal lengths give a batch's mean."""
+    model = RobertaForSequenceClassification(RobertaConfig(vocab_size=100, num_labels=2, **SIZE))
+    ids = torch.randint(5, 100, (1, 8))
+    one = measure_flops(model, lambda: model(input_ids=ids).logits)
+    assert mean_example_flops(model, [8, 8, 8], factor=1) == one == forward_flops(model, 3, 8) / 3
+    expected = TRAINING_FACTOR * (forward_flops(model, 1, 4) + 2 * forward_flops(model, 1, 10)) / 3
+    assert mean_example_flops(model, [10, 4, 10]) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        mean_example_flops(model, [])
 
 
 class FlopsRecorder(pl.Callback):

@@ -1,0 +1,156 @@
+"""Benchmark: whole GLUE fine-tuning runs (SST-2 train, the packaged MiniLM-L6, batch 32, max_seq_length 128),
+litbert's shipped config against the Hugging Face Trainer in a run_glue.py-style script.
+
+Methods (each a child process; `benchmarks/harness.py` alternates them, times a short and a long run of each and takes
+per-step time from the difference, so start-up cancels):
+- `hf_trainer_dynamic_padding`: `benchmarks/reference/hf_trainer_glue.py`, the run_glue.py recipe (`datasets.map`
+  tokenization, `DataCollatorWithPadding`, `AutoModelForSequenceClassification`, `Trainer`) with the Trainer's
+  defaults (fused AdamW, random batches padded to their longest example);
+- `hf_trainer_group_by_length`: the same with the Trainer's own best setting for this,
+  `train_sampling_strategy="group_by_length"` (batches of similar lengths: less padding);
+- `litbert`: `python train.py fit --config configs/finetune/glue.yaml --trainer.max_steps N
+  --trainer.default_root_dir root`, the shipped config as it is (its batching, callbacks, logger, and what it does
+  once at the end: validation, checkpoint, export), in a fresh directory, with DATA_DIR set; Lightning must report
+  that the run reached N optimiser steps.
+Same hyper-parameters in all (read from the config: lr, weight decay, warmup ratio, Adam betas and epsilon, batch
+size, max_seq_length); the Trainer keeps its default max_grad_norm 1.0 (the config does not clip). On a GPU both use
+bf16 autocast (the Trainer's `bf16=True`, litbert's default `bf16-mixed`), and MFU is against the measured bf16 peak.
+
+Columns: tokens/s counts non-padding tokens (the mean length of SST-2 train under the MiniLM tokenizer); MFU's
+numerator is the useful work, 3 x the whole model's forward FLOPs on each example at its own length
+(`models.flops.mean_example_flops`), the same for every method: padding is waste, and litbert's last layer at the
+first token only (less arithmetic for the same result) shows as speed. The runs stay inside the first epoch (no
+validation in the timed steps).
+
+    DATA_DIR=/path/to/data python benchmarks/finetune_glue.py --short 5 --long 25 --repeats 1
+(the Trainer needs `accelerate`: pip install 'accelerate>=1.1'.)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import (REPO, Method, child_env, compare, device_peak_flops,  # noqa: E402
+                                lightning_steps_done, machine_line, print_table, reported_steps_done)
+
+HF_METHODS = {"hf_trainer_dynamic_padding": "random", "hf_trainer_group_by_length": "group_by_length"}
+METHODS = (*HF_METHODS, "litbert")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--short", type=int, default=5, help="optimiser steps of the short runs")
+    p.add_argument("--long", type=int, default=25, help="optimiser steps of the long runs")
+    p.add_argument("--repeats", type=int, default=1, help="short/long pairs per method (the median is reported)")
+    p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="holds glue/SST-2/train.tsv")
+    p.add_argument("--config", default=str(REPO / "configs/finetune/glue.yaml"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    return p.parse_args()
+
+
+def recipe(config_path: str) -> tuple[dict, dict]:
+    """The shipped config's model and data arguments (the reference gets the same hyper-parameters)."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    return config["model"]["init_args"], config["data"]["init_args"]
+
+
+def example_lengths(data_args: dict, data_dir: Path, cache_dir: Path) -> list[int]:
+    """Non-padding length of every training example, as litbert's GLUEDataModule tokenizes it (the reference
+    truncates the same way with the same tokenizer); builds litbert's cache of it on the way."""
+    from datamodules.base import row_lengths
+    from datamodules.glue import GLUEDataModule
+
+    dm = GLUEDataModule(tokenizer=data_args["tokenizer"], task_name=data_args["task_name"], data_dir=str(data_dir),
+                        cache_dir=str(cache_dir), max_seq_length=int(data_args["max_seq_length"]))
+    dm.prepare_data()
+    dm.setup("fit")
+    return row_lengths(dm.train_dataset)
+
+
+def useful_flops_per_sample(pretrained: str, num_labels: int, lengths: list[int]) -> float:
+    """3 x the forward FLOPs of each example at its own length, averaged (`models.flops.mean_example_flops`)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from models.flops import mean_example_flops
+    from models.pretrained import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(pretrained), num_labels=num_labels)
+    with torch.device("meta"):  # only the type and the config count: no weights loaded
+        model = AutoModelForSequenceClassification.from_config(config)
+    return mean_example_flops(model, lengths)
+
+
+def main():
+    args = parse_args()
+    from datamodules.tasks import GLUE_TASKS, normalize_task_name
+    from models.pretrained import resolve_model_path
+
+    model_args, data_args = recipe(args.config)
+    task = GLUE_TASKS[normalize_task_name(data_args["task_name"])]
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    train_file = data_dir / "glue" / task.folder / task.train_file
+    if not train_file.is_file():
+        sys.exit(f"no {train_file}: set --data_dir or DATA_DIR to the folder that holds glue/")
+    if any(m in HF_METHODS for m in args.methods) and importlib.util.find_spec("accelerate") is None:
+        sys.exit("the Hugging Face Trainer needs accelerate: pip install 'accelerate>=1.1' (or leave the hf_trainer "
+                 "methods out with --methods litbert)")
+    batch_size, max_len = int(data_args["batch_size"]), int(data_args["max_seq_length"])
+    beta1, beta2 = model_args.get("betas", [0.9, 0.999])
+
+    with tempfile.TemporaryDirectory(prefix="bench-glue-") as cache:
+        env = child_env(Path(cache), args.device)
+        lengths = example_lengths(data_args, data_dir, Path(env["LITBERT_CACHE"]))
+        steps_per_epoch = math.ceil(len(lengths) / batch_size)
+        if args.long >= steps_per_epoch:
+            sys.exit(f"--long {args.long} reaches the end of the first epoch ({steps_per_epoch} steps), where "
+                     f"litbert validates: keep the runs inside it")
+        flops_per_sample = useful_flops_per_sample(model_args["pretrained"], task.num_labels, lengths)
+        peak, dtype = device_peak_flops(args.device)
+
+        def hf_command(strategy: str):
+            return lambda steps: [
+                sys.executable, str(REPO / "benchmarks/reference/hf_trainer_glue.py"),
+                "--model", resolve_model_path(model_args["pretrained"]), "--train_file", str(train_file),
+                "--text_columns", *map(str, task.text_columns), "--task_name", task.name,
+                "--max_steps", str(steps), "--max_seq_length", str(max_len), "--batch_size", str(batch_size),
+                "--learning_rate", str(model_args["lr"]), "--weight_decay", str(model_args["weight_decay"]),
+                "--warmup_ratio", str(model_args["warmup_ratio"]), "--adam_beta1", str(beta1),
+                "--adam_beta2", str(beta2), "--adam_epsilon", str(model_args["eps"]),
+                "--train_sampling_strategy", strategy, "--device", args.device]
+
+        def litbert_command(steps: int) -> list[str]:
+            # Only what a run in a fresh directory needs (the config names the data under DATA_DIR).
+            return [sys.executable, str(REPO / "train.py"), "fit", "--config", str(Path(args.config).resolve()),
+                    "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root"]
+
+        methods = [Method(name, hf_command(strategy), env, reported_steps_done)
+                   for name, strategy in HF_METHODS.items()]
+        methods.append(Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done))
+        methods = [m for m in methods if m.name in args.methods]
+        print(machine_line(peak, args.device, dtype), flush=True)
+        print(f"GLUE {task.name} train ({len(lengths)} examples), {model_args['pretrained']}, batch {batch_size}, "
+              f"max_seq_length {max_len}, {args.device}; runs of {args.short} and {args.long} steps, {args.repeats} "
+              f"repeat(s), after one untimed warm-up run each", flush=True)
+        measured = compare(methods, args.short, args.long, repeats=args.repeats)
+
+    tokens_per_sample = statistics.fmean(lengths)
+    print(f"\ntokens/sample {tokens_per_sample:.1f} (non-padding, mean over the train set); useful FLOPs/sample "
+          f"{flops_per_sample / 1e9:.3f} GFLOP (3 x the whole model's forward at each example's own length)\n")
+    print_table(measured, batch_size, tokens_per_sample, flops_per_sample, peak,
+                baseline=[m.name for m in measured if m.name in HF_METHODS])
+
+
+if __name__ == "__main__":
+    main()
