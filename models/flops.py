@@ -22,7 +22,8 @@ only); sequence classification 2 * B * (H * H + H * C) (pooler/dense on the firs
 2 * B * L * H * 2. Training costs 3x the forward (the backward computes the gradient of both operands of every
 product); a frozen teacher costs 1x. Padding positions are counted: the hardware computes them (so MFU is the
 utilisation of the batches as fed; items_per_sec from `length_fn` counts real tokens only). Activation-checkpointing
-recomputation is not counted (it is not model FLOPs).
+recomputation is not counted (it is not model FLOPs), nor are the fused distillation terms' separate gradient products
+of the MLM term at the masked rows (`lightning_modules.distill_losses.fused_kl_and_mlm`).
 """
 from __future__ import annotations
 
