@@ -25,13 +25,13 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForMaskedLM
 
-from lightning_modules.distill_losses import cosine_hidden_loss, masked_lm_loss, soft_cross_entropy
+from lightning_modules.distill_losses import cosine_hidden_loss, fused_kl_and_mlm, masked_lm_loss, soft_cross_entropy
 from lightning_modules.distributed import global_token_means, true_on_any_rank
 from lightning_modules.mlm import MaskedLMModule, batch_size
 from lightning_modules.throughput import FlopsPerBatchMixin
 from models.inputs import model_inputs
 from models.flops import TRAINING_FACTOR, forward_flops
-from models.mlm import IGNORE_INDEX, split_masked_lm
+from models.mlm import IGNORE_INDEX, lm_head_parts, split_masked_lm
 from models.pretrained import check_input_length, load_pretrained
 from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
 
@@ -256,6 +256,9 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         alpha_mlm: weight of the MLM cross-entropy term on the gold tokens (0 switches it off).
         kl_positions: "all" non-padded positions (DistilBERT) or only the "masked" ones for the KL term.
         sparse_prediction: validate the student's LM head at masked positions only (MaskedLMModule's switch).
+        fused_lm_loss: KL and MLM terms by `distill_losses.fused_kl_and_mlm` (chunks of positions, no [n, V] logits
+            kept; same values and gradients); False: the heads' full logits and the plain loss functions.
+        vocab_size / pad_token_id: linked from the DataModule.
     """
 
     teacher_head = "ForMaskedLM"
@@ -266,7 +269,7 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
                  kl_positions: str = "all", cos_layers: str | list[list[int]] = "last", lr: float = 5e-4,
                  weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
                  warmup_steps: int | None = None, warmup_ratio: float | None = 0.05, sparse_prediction: bool = True,
-                 vocab_size: int | None = None, pad_token_id: int | None = None):
+                 fused_lm_loss: bool = True, vocab_size: int | None = None, pad_token_id: int | None = None):
         if kl_positions not in KL_POSITIONS:
             raise ValueError(f"kl_positions {kl_positions!r}: expected one of {KL_POSITIONS}")
         if alpha_mlm < 0:
@@ -280,12 +283,28 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         # validation means of the terms over all their tokens (independent of batching, exact across processes)
         self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in ("ce", "mlm", "cos")})
 
+    @staticmethod
+    def encode(model, batch: dict, hidden_states: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(last hidden states [B, L, H], all hidden states or (last,)) of a masked LM's encoder."""
+        encoder, _ = split_masked_lm(model)
+        out = encoder(**model_inputs(encoder, batch), output_hidden_states=hidden_states, return_dict=True)
+        return out.last_hidden_state, out.hidden_states if hidden_states else (out.last_hidden_state,)
+
     def selected_outputs(self, model, batch: dict, selected: torch.Tensor, hidden_states: bool):
         """(logits [n_selected, V] at the `selected` [B, L] positions, hidden states tuple or (last,))."""
-        encoder, head = split_masked_lm(model)
-        out = encoder(**model_inputs(encoder, batch), output_hidden_states=hidden_states, return_dict=True)
-        hidden = out.hidden_states if hidden_states else (out.last_hidden_state,)
-        return head(out.last_hidden_state[selected]), hidden
+        last, hidden = self.encode(model, batch, hidden_states)
+        return split_masked_lm(model)[1](last[selected]), hidden
+
+    def fused_head_parts(self) -> tuple | None:
+        """((student transform, projection), (teacher transform, projection)) when `fused_lm_loss` applies: both
+        heads known to `models.mlm.lm_head_parts`, with plain (not sharded, e.g. FSDP's DTensor) projections."""
+        if not self.hparams.fused_lm_loss:
+            return None
+        parts = (lm_head_parts(split_masked_lm(self.model)[1]), lm_head_parts(split_masked_lm(self.teacher)[1]))
+        if None in parts or any(type(p) not in (torch.Tensor, nn.Parameter)
+                                for _, proj in parts for p in proj.parameters()):
+            return None
+        return parts
 
     def distillation_terms(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.weighted_total(*self.terms_and_counts(batch))
@@ -296,14 +315,22 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         masked = labels != IGNORE_INDEX  # [B, L]
         selected = attention_mask.bool() if self.hparams.kl_positions == "all" else masked
         hidden = self.cos_pairs != [(-1, -1)]  # all hidden states only when layers other than the last are compared
-        student_logits, student_hidden = self.selected_outputs(self.model, batch, selected, hidden)
-        with torch.no_grad():
-            teacher_logits, teacher_hidden = self.selected_outputs(self.teacher, batch, selected, hidden)
-        terms = {
-            "ce": soft_cross_entropy(student_logits, teacher_logits, self.temperature),
-            "mlm": masked_lm_loss(student_logits, labels[selected]),  # -100 rows (unmasked) are skipped
-            "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask),
-        }
+        parts = self.fused_head_parts()
+        if parts is None:  # the heads' logits [n_selected, V], then the loss functions
+            student_logits, student_hidden = self.selected_outputs(self.model, batch, selected, hidden)
+            with torch.no_grad():
+                teacher_logits, teacher_hidden = self.selected_outputs(self.teacher, batch, selected, hidden)
+            ce = soft_cross_entropy(student_logits, teacher_logits, self.temperature)
+            mlm = masked_lm_loss(student_logits, labels[selected])  # -100 rows (unmasked) are skipped
+        else:  # the heads' features [n_selected, H]; the projections and both terms chunk by chunk
+            (student_transform, student_proj), (teacher_transform, teacher_proj) = parts
+            student_last, student_hidden = self.encode(self.model, batch, hidden)
+            with torch.no_grad():
+                teacher_last, teacher_hidden = self.encode(self.teacher, batch, hidden)
+                teacher_x = teacher_transform(teacher_last[selected])
+            ce, mlm = fused_kl_and_mlm(student_transform(student_last[selected]), student_proj, teacher_x,
+                                       teacher_proj, labels[selected], self.temperature)
+        terms = {"ce": ce, "mlm": mlm, "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask)}
         counts = {"ce": selected.sum(), "mlm": (labels[selected] != IGNORE_INDEX).sum(), "cos": attention_mask.sum()}
         return terms, counts
 

@@ -23,8 +23,9 @@ only); sequence classification 2 * B * (H * H + H * C) (pooler/dense on the firs
 product); a frozen teacher costs 1x. Padding positions are counted: the hardware computes them (so MFU is the
 utilisation of the batches as fed; items_per_sec from `length_fn` counts real tokens only). Likewise the
 last layer is counted where litbert runs it: at the positions the head reads (`models.last_layer`; the sparse MLM
-head's masked positions, padded to the longest row's count), key and value projections at every position. Activation-checkpointing
-recomputation is not counted (it is not model FLOPs).
+head's masked positions, padded to the longest row's count), key and value projections at every position.
+Activation-checkpointing recomputation is not counted (it is not model FLOPs), nor are the fused distillation terms'
+separate gradient products of the MLM term at the masked rows (`lightning_modules.distill_losses.fused_kl_and_mlm`).
 """
 from __future__ import annotations
 

@@ -19,12 +19,15 @@ from transformers import (
     RobertaConfig,
     RobertaForMaskedLM,
 )
+from transformers.activations import gelu
 
 from models.last_layer import last_layer_at, selected_positions
 from models.pretrained import load_pretrained
 
 IGNORE_INDEX = -100  # the label of positions without a target (the value transformers' losses ignore): one home
 ARCHITECTURES = ("roberta", "bert", "distilbert")
+# LM heads whose forward is decoder(layer_norm(gelu(dense(x)))) (see `lm_head_parts`)
+ROBERTA_LM_HEADS = ("RobertaLMHead", "XLMRobertaLMHead", "CamembertLMHead")
 
 
 class DistilBertMLMHead(nn.Module):
@@ -37,8 +40,23 @@ class DistilBertMLMHead(nn.Module):
         self.vocab_layer_norm = model.vocab_layer_norm
         self.vocab_projector = model.vocab_projector
 
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., H]: everything before the vocabulary projection."""
+        return self.vocab_layer_norm(self.activation(self.vocab_transform(hidden)))
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.vocab_projector(self.vocab_layer_norm(self.activation(self.vocab_transform(hidden))))
+        return self.vocab_projector(self.transform(hidden))
+
+
+class RobertaLMHeadTransform(nn.Module):
+    """The part of a RoBERTa-like LM head (`dense`, gelu, `layer_norm`, then `decoder`) before its `decoder`."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.dense, self.layer_norm = head.dense, head.layer_norm
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(gelu(self.dense(hidden)))
 
 
 def split_masked_lm(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
@@ -57,6 +75,21 @@ def split_masked_lm(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
         f"sparse MLM does not know the LM head of {type(model).__name__}: expected a BERT (`cls`), RoBERTa-like "
         "(`lm_head`) or DistilBERT masked LM"
     )
+
+
+def lm_head_parts(head: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """(transform, projection) of an LM head from `split_masked_lm`, head(x) == projection(transform(x)), or None
+    for a head not known here. Lets a loss take the vocabulary projection in its own hands (see
+    `lightning_modules.distill_losses.fused_kl_and_mlm`); tests/models/test_mlm.py checks the identity per model."""
+    if isinstance(head, DistilBertMLMHead):
+        return head.transform, head.vocab_projector
+    predictions = getattr(head, "predictions", None)  # BERT: cls.predictions.{transform, decoder}
+    if predictions is not None and isinstance(getattr(predictions, "decoder", None), nn.Linear):
+        return predictions.transform, predictions.decoder
+    # RoBERTa, XLM-R, CamemBERT: dense -> gelu -> layer_norm -> decoder (transformers' RobertaLMHead.forward)
+    if type(head).__name__ in ROBERTA_LM_HEADS and isinstance(getattr(head, "decoder", None), nn.Linear):
+        return RobertaLMHeadTransform(head), head.decoder
+    return None
 
 
 def sparse_mlm_logits(

@@ -77,6 +77,31 @@ def test_roberta_teacher_gives_a_roberta_student(tiny_roberta_dir):
     assert torch.isfinite(terms["total"])
 
 
+@pytest.mark.parametrize("teacher, kl_positions", [("tiny_roberta_dir", "all"), ("tiny_bert_dir", "all"),
+                                                  ("tiny_bert_dir", "masked")])
+def test_fused_lm_loss_computes_the_plain_terms_and_gradients(request, teacher, kl_positions):
+    """`fused_lm_loss` (the default) changes how the KL and MLM terms are computed, not what: same terms, same
+    gradients of every student parameter (tiny models, dropout off)."""
+    teacher_dir = request.getfixturevalue(teacher)
+    batch = masked_batches(teacher_dir, n_batches=1)[0]
+    results = []
+    for fused in (True, False):
+        m = module(teacher_dir, kl_positions=kl_positions, fused_lm_loss=fused)
+        assert (m.fused_head_parts() is not None) == fused  # the fused path is the one taken
+        terms = m.distillation_terms(batch)
+        terms["total"].backward()
+        results.append((terms, {name: p.grad for name, p in m.model.named_parameters()}))
+    (fused_terms, fused_grads), (plain_terms, plain_grads) = results
+    for name in ("ce", "mlm", "cos", "total"):
+        torch.testing.assert_close(fused_terms[name], plain_terms[name], rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, grad in fused_grads.items():
+        if grad is None or plain_grads[name] is None:
+            assert grad is None and plain_grads[name] is None, name
+        else:
+            torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_cos_layer_options():
     assert resolve_cos_pairs("last", None) == [(-1, -1)]
     assert resolve_cos_pairs([[2, 4]], None) == [(2, 4)]

@@ -4,6 +4,7 @@ import torch
 
 from lightning_modules.distill_losses import (
     cosine_hidden_loss,
+    fused_kl_and_mlm,
     masked_lm_loss,
     qa_soft_loss,
     regression_soft_loss,
@@ -88,3 +89,91 @@ def test_qa_soft_loss_ignores_padded_positions():
 
 def test_regression_soft_loss_is_mse():
     assert regression_soft_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [3.0]])).item() == pytest.approx(0.5)
+
+
+def kl_and_mlm(fused, student, teacher, x_s, x_t, labels, weights=(5.0, 2.0), chunk_rows=None, temperature=2.0):
+    """(kl, mlm, d/dx_s, d/dW_s, d/db_s) of weights[0] * kl + weights[1] * mlm, fused or by the plain functions."""
+    x = x_s.clone().requires_grad_(True)
+    student.zero_grad()
+    if fused:
+        kl, mlm = fused_kl_and_mlm(x, student, x_t, teacher, labels, temperature, chunk_rows)
+    else:
+        logits = student(x)
+        kl, mlm = soft_cross_entropy(logits, teacher(x_t).detach(), temperature), masked_lm_loss(logits, labels)
+    loss = sum(w * term for w, term in zip(weights, (kl, mlm)) if w is not None)
+    loss.backward()
+    bias = student.bias.grad if student.bias is not None else None
+    return kl.detach(), mlm.detach(), x.grad, student.weight.grad.clone(), None if bias is None else bias.clone()
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("weights", [(5.0, 2.0), (1.0, None), (None, 1.0)])
+def test_fused_kl_and_mlm_equals_the_plain_terms_and_gradients(chunk_rows, bias, weights):
+    torch.manual_seed(0)
+    n, hidden, vocab = 11, 6, 23
+    student, teacher = torch.nn.Linear(hidden, vocab, bias=bias), torch.nn.Linear(hidden, vocab, bias=bias)
+    teacher.requires_grad_(False)
+    x_s, x_t = torch.randn(n, hidden) * 2, torch.randn(n, hidden) * 2
+    labels = torch.full((n,), -100)
+    labels[[0, 3, 4, 10]] = torch.tensor([1, 5, 22, 7])  # masked rows in several chunks, chunk ends included
+    fused = kl_and_mlm(True, student, teacher, x_s, x_t, labels, weights, chunk_rows, temperature=3.0)
+    plain = kl_and_mlm(False, student, teacher, x_s, x_t, labels, weights, temperature=3.0)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert fused[0] > 0 and fused[1] > 0
+
+
+def test_fused_kl_and_mlm_edge_cases():
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(4, 9), torch.nn.Linear(4, 9).requires_grad_(False)
+    x_s, x_t = torch.randn(5, 4), torch.randn(5, 4)
+    none_masked = torch.full((5,), -100)
+    fused = kl_and_mlm(True, student, teacher, x_s, x_t, none_masked, chunk_rows=2)
+    plain = kl_and_mlm(False, student, teacher, x_s, x_t, none_masked)
+    assert fused[1].item() == 0.0
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # no position selected: zeros that still have a gradient path, as the plain terms
+    kl, mlm = fused_kl_and_mlm(torch.zeros(0, 4, requires_grad=True), student, torch.zeros(0, 4), teacher,
+                               torch.zeros(0, dtype=torch.long), 2.0)
+    assert kl.item() == 0.0 and mlm.item() == 0.0 and kl.requires_grad
+    # without gradients (validation): the same values, nothing kept for a backward
+    labels = torch.tensor([3, -100, 8, -100, -100])
+    with torch.no_grad():
+        kl, mlm = fused_kl_and_mlm(x_s, student, x_t, teacher, labels, 2.0)
+        logits = student(x_s)
+        assert not kl.requires_grad
+        torch.testing.assert_close(kl, soft_cross_entropy(logits, teacher(x_t), 2.0))
+        torch.testing.assert_close(mlm, masked_lm_loss(logits, labels))
+
+
+def test_fused_kl_is_accurate_for_a_student_close_to_its_teacher():
+    """The KL is summed as p * (log p - log q) (differences first): a near-zero KL is not lost to cancellation."""
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(8, 50), torch.nn.Linear(8, 50).requires_grad_(False)
+    with torch.no_grad():
+        teacher.weight.copy_(student.weight + 1e-3 * torch.randn_like(student.weight))
+        teacher.bias.copy_(student.bias)
+    x = torch.randn(64, 8)
+    labels = torch.full((64,), -100)
+    fused = kl_and_mlm(True, student, teacher, x, x, labels, (1.0, None))
+    plain = kl_and_mlm(False, student, teacher, x, x, labels, (1.0, None))
+    assert 0 < plain[0] < 1e-4
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-3, atol=0)
+    torch.testing.assert_close(fused[2], plain[2], rtol=1e-3, atol=1e-9)
+
+
+def test_fused_kl_and_mlm_under_bf16_autocast_matches_the_plain_terms():
+    """Under autocast the projections run in bf16 as nn.Linear does (the GPU's bf16-mixed), the losses in fp32."""
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(16, 40), torch.nn.Linear(16, 40).requires_grad_(False)
+    x_s, x_t = torch.randn(12, 16), torch.randn(12, 16)
+    labels = torch.full((12,), -100)
+    labels[[1, 5, 6]] = torch.tensor([3, 9, 39])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = kl_and_mlm(True, student, teacher, x_s, x_t, labels, chunk_rows=5)
+        plain = kl_and_mlm(False, student, teacher, x_s, x_t, labels)
+    for a, b in zip(fused, plain):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)

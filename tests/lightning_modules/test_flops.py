@@ -107,19 +107,26 @@ def task_batch(tok, with_labels: dict):
     return {**batch, **with_labels}
 
 
+@pytest.mark.parametrize("fused_lm_loss", [True, False])
 @pytest.mark.parametrize("kl_positions", ["all", "masked"])
-def test_general_distillation_steps_match_flop_counter(kl_positions, tiny_roberta_dir):
-    module = MaskedLMDistillationModule(teacher=str(tiny_roberta_dir), kl_positions=kl_positions)
+def test_general_distillation_steps_match_flop_counter(kl_positions, fused_lm_loss, tiny_roberta_dir):
+    module = MaskedLMDistillationModule(teacher=str(tiny_roberta_dir), kl_positions=kl_positions,
+                                        fused_lm_loss=fused_lm_loss)
     tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
     batch = masked_batch(tok)
     training = measure_flops(module, lambda: module.training_step(batch, 0), loss_fn=lambda loss: loss)
-    assert training == module.batch_flops(batch, "train")
     b, seq = batch["input_ids"].shape
-    n = int(batch["attention_mask"].sum()) if kl_positions == "all" else int((batch["labels"] != -100).sum())
+    masked = int((batch["labels"] != -100).sum())
+    n = int(batch["attention_mask"].sum()) if kl_positions == "all" else masked
     teacher_forward, student_forward = forward_flops(module.teacher, b, seq, n), forward_flops(module.model, b, seq, n)
     assert teacher_forward > student_forward > 0  # 4 teacher layers, 2 student layers
-    assert training == 3 * student_forward + teacher_forward
-    validation = measure_flops(module, lambda: module.validation_step(batch, 0))
+    # the fused terms take the MLM term's two gradient products at the masked rows apart from the KL's
+    # (distill_losses.fused_kl_and_mlm): hardware FLOPs beyond the model FLOPs that batch_flops (MFU) counts
+    config = module.model.config
+    extra = 2 * (2 * masked * config.hidden_size * config.vocab_size) if fused_lm_loss else 0
+    assert training == module.batch_flops(batch, "train") + extra == 3 * student_forward + teacher_forward + extra
+    with torch.no_grad():  # as Lightning validates (the fused terms take no gradient products then)
+        validation = measure_flops(module, lambda: module.validation_step(batch, 0))
     assert validation == module.batch_flops(batch, "validate")
 
 

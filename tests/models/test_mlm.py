@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModel
 
 from models.last_layer import trimmable
-from models.mlm import build_masked_lm, sparse_mlm_logits, split_masked_lm
+from models.mlm import build_masked_lm, lm_head_parts, sparse_mlm_logits, split_masked_lm
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_seq_length=24)
 
@@ -33,6 +33,18 @@ def test_sparse_loss_equals_dense_loss(arch):
     sparse_loss = torch.nn.functional.cross_entropy(logits, targets)
     torch.testing.assert_close(sparse_loss, dense.loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(logits, dense.logits[labels != -100], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["roberta", "bert", "distilbert"])
+def test_lm_head_parts_compose_to_the_head(arch):
+    torch.manual_seed(0)
+    model = build_masked_lm(arch=arch, vocab_size=97, pad_token_id=1, **TINY).eval()
+    head = split_masked_lm(model)[1]
+    transform, projection = lm_head_parts(head)
+    hidden = torch.randn(6, 32)
+    torch.testing.assert_close(projection(transform(hidden)), head(hidden))
+    assert isinstance(projection, torch.nn.Linear) and projection.out_features == 97
+    assert lm_head_parts(torch.nn.Linear(32, 97)) is None  # an unknown head: callers keep the plain path
 
 
 @pytest.mark.parametrize("arch", ["roberta", "bert", "distilbert"])

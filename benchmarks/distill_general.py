@@ -1,0 +1,134 @@
+"""Benchmark: general distillation (configs/distill/roberta_general.yaml) through litbert's `train.py fit` against a
+plain PyTorch loop doing what the public DistilBERT distiller does (benchmarks/reference/distill_general_loop.py).
+
+    DATA_DIR=/work/shared/data python benchmarks/distill_general.py --short 3 --long 13
+
+The work: a roberta_small masked LM (configs/mlm/roberta_small.yaml's size: 4 layers, hidden 256, 4 heads, FFN 1024,
+the 16k BPE `artifacts/tokenizers/wikitext2-bpe`) distilled into its 2-layer student (teacher layers [0, 2]) on
+WikiText-2 train, batch 32 x 128 packed tokens, KL at T = 2 over every non-pad position, alpha_ce 5, alpha_mlm 2,
+alpha_cos 1, gradient clipping 5.0, AdamW with linear warmup. The teacher is randomly initialised and saved with its
+tokenizer into a temporary directory: the time of a step does not depend on the weights' values.
+
+Both methods read the same packed blocks: litbert's TextCorpusDataModule builds them once (in a temporary cache that
+litbert's runs then hit), and they are saved as a .npy for the reference. litbert runs the shipped config with only
+the teacher, tokenizer, data folder, step count and output folders overridden; it validates every 250 steps and
+checkpoints every 100, so `--long` must stay below 100 for no validation or checkpoint to fall inside the timed steps
+(the sanity-check validation before the first step and the export at the end are start-up: they cancel in
+`benchmarks.harness.compare`'s short/long difference).
+
+FLOPs per sample (the same for both methods, `models.flops`): the teacher's forward once and the student's forward
+three times (forward + backward), each with the LM head at every non-pad position, which is what the KL over all
+positions needs. MFU divides by the measured matmul peak (fp32 on the CPU, bf16 on a GPU, as the methods run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import REPO, Method, compare, machine_line, matmul_peak_flops, print_table  # noqa: E402
+
+CONFIG = "configs/distill/roberta_general.yaml"
+TRAIN_FILE = "wikitext-2/train.txt"
+SEQ_LEN, BATCH = 128, 32
+# configs/mlm/roberta_small.yaml
+TEACHER_SIZE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokenizer", default="artifacts/tokenizers/wikitext2-bpe")
+    p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"))
+    p.add_argument("--short", type=int, default=3, help="optimiser steps of the short runs")
+    p.add_argument("--long", type=int, default=13, help="optimiser steps of the long runs (< 100: no checkpoint)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--plain_loss", action="store_true",
+                   help="also time litbert with --model.init_args.fused_lm_loss false (the unfused KL/MLM terms)")
+    return p.parse_args()
+
+
+def make_teacher(tokenizer_dir: str, out: Path):
+    """A random-init roberta_small masked LM saved with its tokenizer into `out`; returns (teacher, student)."""
+    from models.mlm import build_masked_lm
+    from models.pretrained import load_tokenizer
+    from models.student import extract_student
+
+    tok = load_tokenizer(tokenizer_dir)
+    teacher = build_masked_lm(arch="roberta", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                              max_seq_length=SEQ_LEN, **TEACHER_SIZE)
+    teacher.save_pretrained(out)
+    tok.save_pretrained(out)
+    return teacher, extract_student(teacher, [0, 2])
+
+
+def save_blocks(teacher_dir: Path, data_dir: str, out: Path) -> int:
+    """litbert's packed training blocks (the config's data settings) as an [N, 128] int32 .npy; returns N."""
+    from datamodules.text import TextCorpusDataModule
+
+    dm = TextCorpusDataModule(tokenizer=str(teacher_dir), train_files=[TRAIN_FILE], data_dir=data_dir,
+                              packing="full_sentences", max_seq_length=SEQ_LEN, batch_size=BATCH)
+    blocks = dm.load_split("train").with_format("numpy")["input_ids"]
+    blocks = np.asarray(np.stack(blocks), dtype=np.int32)
+    np.save(out, blocks)
+    return len(blocks)
+
+
+def main():
+    args = parse_args()
+    if args.long >= 100:
+        sys.exit("--long must stay below 100: the config checkpoints every 100 steps (validates every 250)")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    peak = matmul_peak_flops(device=args.device, dtype=torch.bfloat16 if cuda else torch.float32)
+    print(machine_line(peak))
+    from models.flops import forward_flops
+
+    with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
+        tmp = Path(tmp)
+        teacher_dir, blocks_file, cache = tmp / "teacher", tmp / "blocks.npy", tmp / "cache"
+        os.environ["LITBERT_CACHE"] = str(cache)  # the blocks' cache, shared with litbert's runs
+        teacher, student = make_teacher(args.tokenizer, teacher_dir)
+        # teacher 1x forward, student 3x (forward + backward), LM heads at all SEQ_LEN positions of a sample
+        flops_per_sample = forward_flops(teacher, 1, SEQ_LEN) + 3 * forward_flops(student, 1, SEQ_LEN)
+        n_blocks = save_blocks(teacher_dir, str(Path(args.data_dir).resolve()), blocks_file)
+        print(f"teacher: random-init RoBERTa {TEACHER_SIZE} (vocab {teacher.config.vocab_size}); student layers "
+              f"[0, 2]; {n_blocks} blocks of {SEQ_LEN} tokens; batch {BATCH}; device {device}; "
+              f"{flops_per_sample / 1e9:.2f} GFLOP per sample")
+        data_dir = str(Path(args.data_dir).resolve())
+        env = {"LITBERT_CACHE": str(cache), "DATA_DIR": data_dir}
+
+        def litbert(extra: list[str], name: str):
+            def command(steps: int) -> list[str]:
+                # run in a folder of its own: the config's output paths (checkpoints, export, runs) are relative
+                root = tmp / f"{name.split()[0]}-{len(extra)}-{steps}"
+                root.mkdir(exist_ok=True)
+                return ["env", f"--chdir={root}", sys.executable, str(REPO / "train.py"), "fit",
+                        "--config", str(REPO / CONFIG), f"--model.init_args.teacher={teacher_dir}",
+                        f"--data.init_args.tokenizer={teacher_dir}", f"--data.init_args.data_dir={data_dir}",
+                        f"--trainer.max_steps={steps}", f"--trainer.accelerator={'gpu' if cuda else 'cpu'}",
+                        "--trainer.enable_progress_bar=false", *extra]
+            return Method(name, command, env)
+
+        def reference(steps: int) -> list[str]:
+            return [sys.executable, str(REPO / "benchmarks" / "reference" / "distill_general_loop.py"),
+                    "--teacher", str(teacher_dir), "--blocks", str(blocks_file), "--steps", str(steps),
+                    "--batch_size", str(BATCH), "--device", args.device]
+
+        methods = [Method("reference (DistilBERT loop)", reference, env), litbert([], "litbert")]
+        if args.plain_loss:
+            methods.append(litbert(["--model.init_args.fused_lm_loss=false"], "litbert fused_lm_loss=false"))
+        measured = compare(methods, args.short, args.long, args.repeats)
+    print_table(measured, samples_per_step=BATCH, tokens_per_sample=SEQ_LEN, flops_per_sample=flops_per_sample,
+                peak_flops=peak, baseline="reference (DistilBERT loop)")
+
+
+if __name__ == "__main__":
+    main()
