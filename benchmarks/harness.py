@@ -7,8 +7,9 @@ steps, alternating the methods (A short, B short, A long, B long, ... repeated) 
 them alike, and takes per-step time = (T_long - T_short) / (long - short): start-up (imports, model loading,
 tokenization, caching, `torch.compile`) cancels. Peak memory is the long run's peak RSS (`os.wait4` of the child,
 which also covers the descendants it waited for, e.g. dataloader workers: the largest single process, not their sum).
-The same difference of the child's CPU time (user + system) gives core-seconds per step: on a shared machine, time
-spent waiting for a core lengthens the wall figure but not that one.
+The same difference of the child's CPU time (user + system) gives core-seconds per step, a hint on a shared machine:
+a process that waits for a core loses wall time without CPU time, but its other threads may spin at a barrier
+meanwhile (OpenMP), which counts; neither figure is clean there, so final figures come from an idle machine.
 
 Every run starts in a fresh, empty working directory (removed afterwards), so that no run sees another's checkpoints
 or logs; commands name the repository's files by absolute path (`REPO`). A method may say how many optimiser steps a
@@ -217,8 +218,8 @@ def print_table(measured: list[Measured], samples_per_step: float, tokens_per_sa
     """A markdown table: s/step, samples/s, non-padding tokens/s, MFU, CPU s/step, peak RSS, start-up, and one
     speed-ratio column per baseline method (its s/step over the row's: above 1 is faster than the baseline).
 
-    CPU s/step (core-seconds) is for a shared machine: waiting for a core that another process holds lengthens the
-    wall time, not the CPU time, so a CPU figure far below threads x s/step says the wall figures are load, not work."""
+    CPU s/step (core-seconds): on an idle machine about threads x s/step; far from that, other processes held the
+    cores during the runs (see the module doc)."""
     by_name = {m.name: m for m in measured}
     baselines = [baseline] if isinstance(baseline, str) else list(baseline or [])
     ratio_heads = "".join(f" speed vs {b} |" for b in baselines)
