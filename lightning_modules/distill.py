@@ -282,6 +282,7 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
                                temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForMaskedLM, {})
         # validation means of the terms over all their tokens (independent of batching, exact across processes)
         self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in ("ce", "mlm", "cos")})
+        self.fused_workspace: dict = {}  # fused_kl_and_mlm's buffers, reused from step to step (not in checkpoints)
 
     @staticmethod
     def encode(model, batch: dict, hidden_states: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -329,7 +330,8 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
                 teacher_last, teacher_hidden = self.encode(self.teacher, batch, hidden)
                 teacher_x = teacher_transform(teacher_last[selected])
             ce, mlm = fused_kl_and_mlm(student_transform(student_last[selected]), student_proj, teacher_x,
-                                       teacher_proj, labels[selected], self.temperature)
+                                       teacher_proj, labels[selected], self.temperature,
+                                       workspace=self.fused_workspace)
         terms = {"ce": ce, "mlm": mlm, "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask)}
         counts = {"ce": selected.sum(), "mlm": (labels[selected] != IGNORE_INDEX).sum(), "cos": attention_mask.sum()}
         return terms, counts

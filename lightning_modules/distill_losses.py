@@ -59,7 +59,8 @@ def fused_chunk_rows(vocab_size: int) -> int:
 
 def fused_kl_and_mlm(student_x: torch.Tensor, student_proj: nn.Linear, teacher_x: torch.Tensor,
                      teacher_proj: nn.Linear, labels: torch.Tensor, temperature: float,
-                     chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     chunk_rows: int | None = None, workspace: dict | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft_cross_entropy(s, t, T), masked_lm_loss(s, labels)) for s = student_proj(student_x), t = teacher_proj(
     teacher_x), computed `chunk_rows` rows at a time.
 
@@ -71,17 +72,19 @@ def fused_kl_and_mlm(student_x: torch.Tensor, student_proj: nn.Linear, teacher_x
         labels: [n] MLM targets, IGNORE_INDEX where a position is not masked.
         temperature: the KL's softmax temperature T (the KL is scaled by T^2).
         chunk_rows: positions per chunk; None: `fused_chunk_rows`.
+        workspace: a dict kept by the caller between calls, where the [rows, V] buffers are kept and reused (on the
+            CPU a fresh 100 MB tensor costs its page faults at every step); None: fresh buffers.
 
     Why: the plain terms run about 25 operations over [n, V] tensors (n = 4096, V = 16k: 260 MB each in fp32), each
     into a fresh allocation (page faults on the CPU): logits, their copies at T, two log-softmaxes, the KL's
     elementwise terms, the cross-entropy's log-softmax over all n rows, and as many in the backward. Here: 1/T is
     folded into the projections, the teacher's softmax is taken once, the cross-entropy runs at the masked rows only,
-    every [rows, V] result goes into one of four buffers, and the gradient with respect to the student's logits
-    (q - p, and softmax - onehot at the masked rows) is taken in the forward and turned at once into the gradients
-    of `student_x` and the projection, per term, so no [n, V] tensor is kept for the backward. The price: each
-    term's weight is only known in the backward, so the MLM term's gradient products at the masked rows are its own
-    (+15% of the two gradient products when the KL covers every position). Under autocast the projections run in
-    the autocast dtype, as nn.Linear would, and the losses in fp32.
+    every [rows, V] result goes into one of four buffers (kept in `workspace` between calls), and the gradient with
+    respect to the student's logits (q - p, and softmax - onehot at the masked rows) is taken in the forward and
+    turned at once into the gradients of `student_x` and the projection, per term, so no [n, V] tensor is kept for
+    the backward. The price: each term's weight is only known in the backward, so the MLM term's gradient products
+    at the masked rows are its own (+15% of the two gradient products when the KL covers every position). Under
+    autocast the projections run in the autocast dtype, as nn.Linear would, and the losses in fp32.
     """
     if student_x.shape[0] == 0:  # nothing selected: the plain terms' zeros with a gradient path
         logits = student_proj(student_x)
@@ -92,7 +95,8 @@ def fused_kl_and_mlm(student_x: torch.Tensor, student_proj: nn.Linear, teacher_x
         t is not None and t.requires_grad for t in (student_x, student_proj.weight, student_proj.bias))
     return _FusedKLAndMLM.apply(student_x, student_proj.weight, student_proj.bias, teacher_x.detach(),
                                 teacher_proj.weight.detach(), _detach(teacher_proj.bias), labels, float(temperature),
-                                int(chunk_rows or fused_chunk_rows(student_proj.weight.shape[0])), mm_dtype, with_grad)
+                                int(chunk_rows or fused_chunk_rows(student_proj.weight.shape[0])), mm_dtype, with_grad,
+                                workspace)
 
 
 def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -114,7 +118,7 @@ class _FusedKLAndMLM(torch.autograd.Function):
     features, weight and bias, kept per term. Backward: those, scaled by each term's incoming gradient."""
 
     @staticmethod
-    def forward(ctx, x_s, w_s, b_s, x_t, w_t, b_t, labels, temperature, rows, mm_dtype, with_grad):
+    def forward(ctx, x_s, w_s, b_s, x_t, w_t, b_t, labels, temperature, rows, mm_dtype, with_grad, workspace):
         n, hidden = x_s.shape
         vocab, t = w_s.shape[0], temperature
         mlm_rows = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # [m] positions with a target, ascending
@@ -128,7 +132,7 @@ class _FusedKLAndMLM(torch.autograd.Function):
         f32 = dict(device=x_s.device, dtype=torch.float32)
         # [c, V] buffers, c = min(rows, n): student logits / T, then q - p; teacher logits / T, then p; log q;
         # log p, then log p - log q
-        buf_s, buf_t, buf_lq, buf_lp = (torch.empty(min(rows, n), vocab, **f32) for _ in range(4))
+        buf_s, buf_t, buf_lq, buf_lp = _buffers(workspace, 4, (min(rows, n), vocab), **f32)
         kl_sum, mlm_sum = torch.zeros((), **f32), torch.zeros((), **f32)
         if with_grad:  # per term: d/d(x_s) [n, H], d/d(W_s) [V, H], d/d(b_s) [V]
             gx_kl, gx_mlm = torch.empty(n, hidden, **f32), torch.zeros(n, hidden, **f32)
@@ -183,7 +187,20 @@ class _FusedKLAndMLM(torch.autograd.Function):
             gw = (gw_kl * grad_kl).add_(gw_mlm * grad_mlm).to(w_dtype)
         if ctx.needs_input_grad[2]:
             gb = (gb_kl * grad_kl).add_(gb_mlm * grad_mlm).to(b_dtype)
-        return gx, gw, gb, None, None, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None, None, None
+
+
+def _buffers(workspace: dict | None, count: int, shape: tuple[int, int], **kwargs) -> list[torch.Tensor]:
+    """`count` contiguous [rows, V] tensors: the first rows of the workspace's (made anew when too small or of another
+    kind), or new ones without a workspace."""
+    if workspace is None:
+        return [torch.empty(shape, **kwargs) for _ in range(count)]
+    kept = workspace.get("buffers")  # [count, rows_max, V]
+    if (kept is None or kept.shape[0] != count or kept.shape[1] < shape[0] or kept.shape[2] != shape[1]
+            or kept.device != torch.device(kwargs["device"]) or kept.dtype != kwargs["dtype"]):
+        workspace["buffers"] = kept = None  # free the old ones first: never both in memory
+        workspace["buffers"] = kept = torch.empty((count, *shape), **kwargs)
+    return [kept[i, : shape[0]] for i in range(count)]
 
 
 def _accumulate(grad_w: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -> None:

@@ -177,3 +177,20 @@ def test_fused_kl_and_mlm_under_bf16_autocast_matches_the_plain_terms():
     for a, b in zip(fused, plain):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+def test_fused_kl_and_mlm_reuses_its_workspace_buffers():
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(4, 9), torch.nn.Linear(4, 9).requires_grad_(False)
+    labels = torch.tensor([3, -100, 8, -100, -100, 1])
+    workspace = {}
+    for n in (6, 4, 6):  # a smaller call fits the kept buffers; results as without a workspace
+        x_s, x_t = torch.randn(n, 4), torch.randn(n, 4)
+        with_ws = fused_kl_and_mlm(x_s, student, x_t, teacher, labels[:n], 2.0, chunk_rows=4, workspace=workspace)
+        without = fused_kl_and_mlm(x_s, student, x_t, teacher, labels[:n], 2.0, chunk_rows=4)
+        torch.testing.assert_close(with_ws, without)
+        assert workspace["buffers"].shape == (4, 4, 9)
+    kept = workspace["buffers"]
+    fused_kl_and_mlm(torch.randn(6, 4), student, torch.randn(6, 4), teacher, labels, 2.0, chunk_rows=4,
+                     workspace=workspace)
+    assert workspace["buffers"] is kept  # reused, not reallocated
