@@ -11,10 +11,11 @@ tokenizer into a temporary directory: the time of a step does not depend on the 
 
 Both methods read the same packed blocks: litbert's TextCorpusDataModule builds them once (in a temporary cache that
 litbert's runs then hit), and they are saved as a .npy for the reference. litbert runs the shipped config with only
-the teacher, tokenizer, data folder, step count and output folders overridden; it validates every 250 steps and
-checkpoints every 100, so `--long` must stay below 100 for no validation or checkpoint to fall inside the timed steps
-(the sanity-check validation before the first step and the export at the end are start-up: they cancel in
-`benchmarks.harness.compare`'s short/long difference).
+the teacher, tokenizer, data folder and step count overridden, each run in a fresh folder of its own (the harness);
+its validation every 250 steps and checkpoints every 100 are moved past `--long` (`harness.periodic_work_past`, the
+output says what was moved), since the reference does neither (the sanity-check validation before the first step and
+what runs once at the end are start-up and teardown: they cancel in `benchmarks.harness.compare`'s short/long
+difference).
 
 FLOPs per sample (the same for both methods, `models.flops`): the teacher's forward once and the student's forward
 three times (forward + backward), each with the LM head at every non-pad position, which is what the KL over all
@@ -30,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import REPO, Method, compare, machine_line, matmul_peak_flops, print_table  # noqa: E402
+from benchmarks.harness import (REPO, Method, compare, device_peak_flops, machine_line,  # noqa: E402
+                                periodic_work_past, print_table)
 
 CONFIG = "configs/distill/roberta_general.yaml"
 TRAIN_FILE = "wikitext-2/train.txt"
@@ -47,7 +50,7 @@ def parse_args():
     p.add_argument("--tokenizer", default="artifacts/tokenizers/wikitext2-bpe")
     p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"))
     p.add_argument("--short", type=int, default=3, help="optimiser steps of the short runs")
-    p.add_argument("--long", type=int, default=13, help="optimiser steps of the long runs (< 100: no checkpoint)")
+    p.add_argument("--long", type=int, default=13, help="optimiser steps of the long runs")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--plain_loss", action="store_true",
@@ -83,12 +86,10 @@ def save_blocks(teacher_dir: Path, data_dir: str, out: Path) -> int:
 
 def main():
     args = parse_args()
-    if args.long >= 100:
-        sys.exit("--long must stay below 100: the config checkpoints every 100 steps (validates every 250)")
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    peak = matmul_peak_flops(device=args.device, dtype=torch.bfloat16 if cuda else torch.float32)
-    print(machine_line(peak))
+    peak, dtype = device_peak_flops(args.device)
+    print(machine_line(peak, args.device, dtype))
     from models.flops import forward_flops
 
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
@@ -104,14 +105,16 @@ def main():
               f"{flops_per_sample / 1e9:.2f} GFLOP per sample")
         data_dir = str(Path(args.data_dir).resolve())
         env = {"LITBERT_CACHE": str(cache), "DATA_DIR": data_dir}
+        override, moved = periodic_work_past(REPO / CONFIG, args.long)
+        override_file = tmp / "litbert-override.yaml"
+        override_file.write_text(yaml.safe_dump(override or {"trainer": {}}))
+        print(f"litbert: moved past step {args.long}: {', '.join(moved) or 'nothing (none falls inside the runs)'}")
 
         def litbert(extra: list[str], name: str):
             def command(steps: int) -> list[str]:
-                # run in a folder of its own: the config's output paths (checkpoints, export, runs) are relative
-                root = tmp / f"{name.split()[0]}-{len(extra)}-{steps}"
-                root.mkdir(exist_ok=True)
-                return ["env", f"--chdir={root}", sys.executable, str(REPO / "train.py"), "fit",
-                        "--config", str(REPO / CONFIG), f"--model.init_args.teacher={teacher_dir}",
+                # The harness runs it in a fresh folder: the config's relative output paths land there.
+                return [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / CONFIG),
+                        "--config", str(override_file), f"--model.init_args.teacher={teacher_dir}",
                         f"--data.init_args.tokenizer={teacher_dir}", f"--data.init_args.data_dir={data_dir}",
                         f"--trainer.max_steps={steps}", f"--trainer.accelerator={'gpu' if cuda else 'cpu'}",
                         "--trainer.enable_progress_bar=false", *extra]
