@@ -35,8 +35,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import (REPO, Method, compare, device_peak_flops, machine_line,  # noqa: E402
-                                periodic_work_past, print_table)
+from benchmarks.harness import (REPO, Method, compare, device_peak_flops, lightning_steps_done,  # noqa: E402
+                                machine_line, periodic_work_past, print_table)
 
 CONFIG = "configs/distill/roberta_general.yaml"
 TRAIN_FILE = "wikitext-2/train.txt"
@@ -118,7 +118,7 @@ def main():
                         f"--data.init_args.tokenizer={teacher_dir}", f"--data.init_args.data_dir={data_dir}",
                         f"--trainer.max_steps={steps}", f"--trainer.accelerator={'gpu' if cuda else 'cpu'}",
                         "--trainer.enable_progress_bar=false", *extra]
-            return Method(name, command, env)
+            return Method(name, command, env, lightning_steps_done)
 
         def reference(steps: int) -> list[str]:
             return [sys.executable, str(REPO / "benchmarks" / "reference" / "distill_general_loop.py"),
