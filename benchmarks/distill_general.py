@@ -35,8 +35,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import (REPO, Method, compare, device_peak_flops, lightning_steps_done,  # noqa: E402
-                                machine_line, periodic_work_past, print_table)
+from benchmarks.harness import (REPO, Method, add_run_options, compare, device_peak_flops,  # noqa: E402
+                                lightning_steps_done, machine_line, periodic_work_past, print_table)
 
 CONFIG = "configs/distill/roberta_general.yaml"
 TRAIN_FILE = "wikitext-2/train.txt"
@@ -48,11 +48,7 @@ TEACHER_SIZE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokenizer", default="artifacts/tokenizers/wikitext2-bpe")
-    p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"))
-    p.add_argument("--short", type=int, default=3, help="optimiser steps of the short runs")
-    p.add_argument("--long", type=int, default=13, help="optimiser steps of the long runs")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_run_options(p, short=3, long=13, data_help="holds wikitext-2/train.txt")
     p.add_argument("--plain_loss", action="store_true",
                    help="also time litbert with --model.init_args.fused_lm_loss false (the unfused KL/MLM terms)")
     return p.parse_args()

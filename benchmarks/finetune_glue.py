@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import (REPO, Method, child_env, compare, device_peak_flops,  # noqa: E402
+from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
                                 lightning_steps_done, machine_line, print_table, reported_steps_done)
 
 HF_METHODS = {"hf_trainer_dynamic_padding": "random", "hf_trainer_group_by_length": "group_by_length"}
@@ -50,12 +49,8 @@ METHODS = (*HF_METHODS, "litbert")
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--short", type=int, default=5, help="optimiser steps of the short runs")
-    p.add_argument("--long", type=int, default=25, help="optimiser steps of the long runs")
-    p.add_argument("--repeats", type=int, default=1, help="short/long pairs per method (the median is reported)")
-    p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="holds glue/SST-2/train.tsv")
+    add_run_options(p, short=5, long=25, data_help="holds glue/SST-2/train.tsv")
     p.add_argument("--config", default=str(REPO / "configs/finetune/glue.yaml"))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     return p.parse_args()
 

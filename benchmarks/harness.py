@@ -42,6 +42,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def add_run_options(parser, short: int, long: int, data_help: str = "the data folder (default: $DATA_DIR)") -> None:
+    """The options every whole-run benchmark takes: --short/--long optimiser steps of the two runs, --repeats,
+    --data_dir (default $DATA_DIR) and --device (cuda when there is one)."""
+    parser.add_argument("--short", type=int, default=short, help="optimiser steps of the short runs")
+    parser.add_argument("--long", type=int, default=long, help="optimiser steps of the long runs")
+    parser.add_argument("--repeats", type=int, default=1, help="short/long pairs per method (the median is reported)")
+    parser.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help=data_help)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+
+
 def matmul_peak_flops(size: int = 2048, repeats: int = 10, rounds: int = 3, device: str = "cpu",
                       dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of a [size, size] @ [size, size] product, best of `rounds` timings of `repeats` products."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import (REPO, Method, child_env, compare, device_peak_flops,  # noqa: E402
+from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
                                 lightning_steps_done, machine_line, periodic_work_past, print_table,
                                 reported_steps_done)
 
@@ -48,13 +47,9 @@ METHODS = ("hf_trainer_run_mlm", "litbert")
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--short", type=int, default=3, help="optimiser steps of the short runs")
-    p.add_argument("--long", type=int, default=10, help="optimiser steps of the long runs")
-    p.add_argument("--repeats", type=int, default=1, help="short/long pairs per method (the median is reported)")
-    p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="holds the config's train_files")
+    add_run_options(p, short=3, long=10, data_help="holds the config's train_files")
     p.add_argument("--config", default=str(REPO / "configs/mlm/roberta_small.yaml"))
     p.add_argument("--tokenizer", default=None, help="the config's tokenizer, relative to the repository, if not given")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     return p.parse_args()
 

@@ -32,7 +32,8 @@ from datamodules.glue import tokenize_pairs
 from datamodules.tasks import GLUE_TASKS, hub_dataset_of_name, task_of_hub_dataset
 from datamodules.squad import prepare_features
 from evaluation.squad import best_answers
-from models.inputs import model_inputs
+from models.inputs import MODEL_INPUTS, model_inputs
+from models.last_layer import last_layer_at
 from models.model_card import read_model_card
 from models.pretrained import load_pretrained, load_tokenizer, max_input_length, resolve_model_path
 
@@ -162,13 +163,16 @@ class Predictor:
         length batched together so that dynamic padding adds little."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        keys = [k for k in MODEL_INPUTS if k in encoded]
         order = sorted(range(len(encoded["input_ids"])), key=lambda i: len(encoded["input_ids"][i]))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = self.tokenizer.pad({k: [encoded[k][r] for r in rows] for k in keys}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            yield rows, self.model(**model_inputs(self.model, batch))
+            # a classifier's last layer at the first token only (all its head reads); other kinds run unchanged
+            with last_layer_at(self.model):
+                output = self.model(**model_inputs(self.model, batch))
+            yield rows, output
 
     # ---- classification -------------------------------------------------------------------------------------------
     @torch.inference_mode()
