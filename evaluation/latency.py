@@ -115,3 +115,33 @@ def measure_cpu_latency(
         batch_size=batch_size, seq_length=max(int(b["input_ids"].shape[1]) for b in batches),
         timed_batches=len(times), warmup_batches=warmup,
     )
+
+
+def alternating_pass_seconds(models: Mapping[str, torch.nn.Module], batches: Sequence[Mapping[str, torch.Tensor]],
+                             rounds: int = 3, num_threads: int = 1) -> dict[str, dict]:
+    """Wall time of one pass over all `batches` per model, the models taking turns `rounds` times (so a change in
+    the machine's load hits all of them alike), after one untimed warm-up batch each; CPU, inference mode.
+
+    Returns name -> {"median_s", "seconds" (every round), "batches", "examples", "num_threads"}.
+    """
+    if rounds < 1:
+        raise ValueError(f"alternating_pass_seconds: rounds must be >= 1, got {rounds}")
+    batches = [{k: v.cpu() for k, v in b.items() if k in MODEL_INPUTS} for b in batches]
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    try:
+        with torch.inference_mode():
+            for model in models.values():
+                model.eval()(**batches[0])
+            for _ in range(rounds):
+                for name, model in models.items():
+                    t0 = time.perf_counter()
+                    for inputs in batches:
+                        model(**inputs)
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads_before)
+    examples = sum(int(b["input_ids"].shape[0]) for b in batches)
+    return {name: {"median_s": statistics.median(t), "seconds": [round(s, 4) for s in t], "batches": len(batches),
+                   "examples": examples, "num_threads": num_threads} for name, t in times.items()}
