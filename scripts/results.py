@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,11 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    out = Path(args.out_dir) if args.out_dir else None
-    records_dir = out / "runs" if out else ROOT / "results" / "runs"
-    artifacts_dir = out / "artifacts" if out else ROOT / "artifacts" / "results"
-    results_md = out / "RESULTS.md" if out else ROOT / "RESULTS.md"
-    plot_dir = out / "plots" if out else ROOT / "docs" / "results"
+    out = Path(args.out_dir).resolve() if args.out_dir else None
+    if out is None:  # the committed set: paths relative to the repository, as the records and YAMLs name them
+        os.chdir(ROOT)
+    records_dir = out / "runs" if out else Path("results/runs")
+    artifacts_dir = out / "artifacts" if out else Path("artifacts/results")
+    results_md = out / "RESULTS.md" if out else Path("RESULTS.md")
+    plot_dir = out / "plots" if out else Path("docs/results")
     runner = Runner(plan(QUICK if args.quick else FULL), records_dir, artifacts_dir, data_dir=args.data_dir)
     if args.list:
         for run in runner.runs.values():
