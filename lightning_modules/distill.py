@@ -32,7 +32,7 @@ from lightning_modules.throughput import FlopsPerBatchMixin
 from models.inputs import model_inputs
 from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, lm_head_parts, split_masked_lm
-from models.pretrained import check_input_length, load_pretrained
+from models.pretrained import check_input_length, load_for_training
 from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
 
 KL_POSITIONS = ("all", "masked")
@@ -100,8 +100,7 @@ class DistillationMixin(FlopsPerBatchMixin):
             if student_layers is not None or random_init:
                 raise ValueError("student_layers and random_init build a student from the teacher; "
                                  "leave them unset when `student` names a directory")
-            # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
-            student_model = load_pretrained(auto_class, student, **student_kwargs).train()
+            student_model = load_for_training(auto_class, student, **student_kwargs)
             self.layer_map = None
         else:
             student_model = extract_student(teacher_model, student_layers, random_init, student_architecture,

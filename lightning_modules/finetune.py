@@ -26,7 +26,7 @@ from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
 from models.inputs import model_inputs
 from models.last_layer import last_layer_at
-from models.pretrained import check_data_fits_model, load_pretrained
+from models.pretrained import check_data_fits_model, load_for_training
 
 # Every data fact train.py links into the model (train.DATA_TO_MODEL_LINKS), kept out of hparams (see __init__).
 DATA_FACTS = ("task_name", "num_labels", "label_names", "label_display_names", "is_regression", "vocab_size",
@@ -170,8 +170,7 @@ class SequenceClassificationModule(FineTuningModule):
             config_kwargs["label2id"] = {name: i for i, name in enumerate(names)}
         if classifier_dropout is not None:
             config_kwargs["classifier_dropout"] = classifier_dropout
-        self.model = load_pretrained(AutoModelForSequenceClassification, pretrained, **config_kwargs)
-        self.model.train()  # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
+        self.model = load_for_training(AutoModelForSequenceClassification, pretrained, **config_kwargs)
 
         spec_metrics, self.eval_set_names = glue_task_metrics(task_name, is_regression, num_labels)
         self.metric_names = metric_names or spec_metrics
