@@ -172,7 +172,7 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
 
     teacher_head = "ForSequenceClassification"
 
-    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | None = None,
+    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 1.0, alpha_hard: float = 1.0, alpha_cos: float = 0.0,
                  cos_layers: str | list[list[int]] = "last", cache_teacher_logits: bool = True,
@@ -256,7 +256,7 @@ class QADistillationModule(TaskDistillationMixin, QuestionAnsweringModule):
     teacher_head = "ForQuestionAnswering"
     per_token_logits = True  # start and end logits at every position of a window
 
-    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | None = None,
+    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 1.0, alpha_hard: float = 1.0, alpha_cos: float = 0.0,
                  cos_layers: str | list[list[int]] = "last", cache_teacher_logits: bool = True,
