@@ -78,6 +78,14 @@ def load_for_training(auto_class, name_or_path: str, **kwargs):
     return load_pretrained(auto_class, name_or_path, **kwargs).train()
 
 
+def load_config(name_or_path: str, **kwargs):
+    """The model config of a directory, the packaged teacher or a hub name (what a checkpoint records, before loading
+    its weights)."""
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig.from_pretrained, name_or_path, "model", **kwargs)
+
+
 def load_tokenizer(name_or_path: str, **kwargs):
     """A fast tokenizer from a directory, the packaged teacher or a hub name."""
     from transformers import AutoTokenizer
