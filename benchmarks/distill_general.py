@@ -113,7 +113,8 @@ def main():
                         "--config", str(override_file), f"--model.init_args.teacher={teacher_dir}",
                         f"--data.init_args.tokenizer={teacher_dir}", f"--data.init_args.data_dir={data_dir}",
                         f"--trainer.max_steps={steps}", f"--trainer.accelerator={'gpu' if cuda else 'cpu'}",
-                        "--trainer.enable_progress_bar=false", *extra]
+                        "--trainer.enable_progress_bar=false",
+                        "--model.init_args.student_layers=[0,2]", *extra]  # the reference loop's layers
             return Method(name, command, env, lightning_steps_done)
 
         def reference(steps: int) -> list[str]:

@@ -32,7 +32,7 @@ from lightning_modules.throughput import FlopsPerBatchMixin
 from models.inputs import model_inputs
 from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, lm_head_parts, split_masked_lm
-from models.pretrained import check_input_length, load_pretrained
+from models.pretrained import check_input_length, load_for_training
 from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
 
 KL_POSITIONS = ("all", "masked")
@@ -68,7 +68,9 @@ class DistillationMixin(FlopsPerBatchMixin):
         teacher: the teacher's directory (a model of the module's task, e.g. an HFExport export).
         student: a directory to start the student from (e.g. a general-distilled student); None extracts it from
             the teacher (`models.student.extract_student`).
-        student_layers: teacher layers kept (student layer i <- teacher layer student_layers[i]); None: one of two.
+        student_layers: teacher layers kept (student layer i <- teacher layer student_layers[i]), or a rule: "spread"
+            (None: the default; half the layers, first and last kept, 12 -> [0, 2, 4, 7, 9, 11] as the public
+            DistilBERT) or "every_other" (half the layers from 0: [0, 2, 4, ...]).
         student_architecture: "auto" (BERT -> DistilBERT, RoBERTa -> RoBERTa), "distilbert" or "same".
         random_init: the extracted student's architecture with fresh weights (ablation).
         fold_token_type: BERT -> DistilBERT: fold token_type_embeddings[0] into the position embeddings.
@@ -81,7 +83,7 @@ class DistillationMixin(FlopsPerBatchMixin):
     # the head a teacher must have been trained with, per module (checked on `config.architectures`)
     teacher_head: str = ""
 
-    def init_distillation(self, teacher: str, student: str | None, student_layers: list[int] | None,
+    def init_distillation(self, teacher: str, student: str | None, student_layers: list[int] | str | None,
                           student_architecture: str, random_init: bool, fold_token_type: bool, temperature: float,
                           alpha_ce: float, alpha_cos: float, cos_layers, auto_class, student_kwargs: dict) -> None:
         for name, alpha in (("alpha_ce", alpha_ce), ("alpha_cos", alpha_cos)):
@@ -100,13 +102,12 @@ class DistillationMixin(FlopsPerBatchMixin):
             if student_layers is not None or random_init:
                 raise ValueError("student_layers and random_init build a student from the teacher; "
                                  "leave them unset when `student` names a directory")
-            # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
-            student_model = load_pretrained(auto_class, student, **student_kwargs).train()
+            student_model = load_for_training(auto_class, student, **student_kwargs)
             self.layer_map = None
         else:
-            student_model = extract_student(teacher_model, student_layers, random_init, student_architecture,
-                                            fold_token_type)
             self.layer_map = resolve_layer_map(teacher_model.config.num_hidden_layers, student_layers)
+            student_model = extract_student(teacher_model, self.layer_map, random_init, student_architecture,
+                                            fold_token_type)
         check_shared_vocabulary(teacher_model, student_model, teacher, student)
         self.teacher_path, self.student_path = teacher, student
         self.teacher = teacher_model
@@ -236,6 +237,8 @@ class DistillationMixin(FlopsPerBatchMixin):
                                      "kl_positions", "cos_layers", "random_init") if k in hp}
         recipe["student"] = layer_map_description(self.teacher, self.model, self.layer_map) if self.layer_map \
             else f"loaded from {self.student_path}"
+        if self.layer_map is not None:  # None chose the default rule: name it (the default changed in issue 13)
+            recipe["student_layers"] = hp.get("student_layers") or "spread"
         info = {"teacher": str(self.teacher_path), "recipe": recipe, "tags": ["distillation"]}
         if self.layer_map is not None:
             info["layer_map"] = list(self.layer_map)
@@ -263,7 +266,7 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
 
     teacher_head = "ForMaskedLM"
 
-    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | None = None,
+    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 5.0, alpha_mlm: float = 2.0, alpha_cos: float = 1.0,
                  kl_positions: str = "all", cos_layers: str | list[list[int]] = "last", lr: float = 5e-4,

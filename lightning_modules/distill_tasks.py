@@ -171,8 +171,10 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
     """
 
     teacher_head = "ForSequenceClassification"
+    # the parent's __init__ loads the teacher: one whose head was trained on another task cannot teach this one
+    pretrained_option, other_task_head = "teacher", "refuse"
 
-    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | None = None,
+    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 1.0, alpha_hard: float = 1.0, alpha_cos: float = 0.0,
                  cos_layers: str | list[list[int]] = "last", cache_teacher_logits: bool = True,
@@ -193,9 +195,16 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
         # the same label configuration the parent gave the teacher, for a student loaded from a directory
         student_kwargs = {k: getattr(self.model.config, k) for k in ("num_labels", "problem_type", "id2label",
                                                                      "label2id")}
+        # a student directory whose head was trained on another task (e.g. distilled on SST-2, now RTE): a new head
+        reason = student and self.other_task_reason(student, self.model.config.num_labels, self.model.config.id2label)
+        if reason:
+            student_kwargs["ignore_mismatched_sizes"] = True
         self.init_distillation(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
                                temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForSequenceClassification,
                                student_kwargs)
+        if reason:
+            self.new_head(self.model, student, reason)
+        self.model.config.finetuning_task = self.teacher.config.finetuning_task  # the student's export records it
 
     def teacher_logits_of(self, output) -> torch.Tensor:
         return output.logits
@@ -256,7 +265,7 @@ class QADistillationModule(TaskDistillationMixin, QuestionAnsweringModule):
     teacher_head = "ForQuestionAnswering"
     per_token_logits = True  # start and end logits at every position of a window
 
-    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | None = None,
+    def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 1.0, alpha_hard: float = 1.0, alpha_cos: float = 0.0,
                  cos_layers: str | list[list[int]] = "last", cache_teacher_logits: bool = True,

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForSequenceClassification
@@ -26,7 +27,8 @@ from lightning_modules.hf_checkpoint import HFCheckpointMixin
 from lightning_modules.optim import configure_adamw_with_warmup
 from models.inputs import model_inputs
 from models.last_layer import last_layer_at
-from models.pretrained import check_data_fits_model, load_pretrained
+from models.pretrained import check_data_fits_model, load_config, load_for_training, resolve_model_path
+from models.task_head import canonical_task, other_task_reason, reinitialise_head
 
 # Every data fact train.py links into the model (train.DATA_TO_MODEL_LINKS), kept out of hparams (see __init__).
 DATA_FACTS = ("task_name", "num_labels", "label_names", "label_display_names", "is_regression", "vocab_size",
@@ -129,6 +131,10 @@ class SequenceClassificationModule(FineTuningModule):
     task's spec in `datamodules.glue`; `val/score` is the task's main score (the mean of its pair where two, and over
     both MNLI dev sets), the one to select checkpoints on. `predict` writes the GLUE submission TSV(s).
 
+    A checkpoint whose classification head was trained on another task (its `config.finetuning_task`, model card or
+    labels say so: `models.task_head`) starts from a new head, with one log line; the same task keeps the trained head.
+    The task is written into `config.finetuning_task` of the model, so checkpoints and exports record it.
+
     The arguments FineTuningModule documents (pretrained, the optimiser's, output_dir) are not repeated here.
 
     Args:
@@ -170,8 +176,7 @@ class SequenceClassificationModule(FineTuningModule):
             config_kwargs["label2id"] = {name: i for i, name in enumerate(names)}
         if classifier_dropout is not None:
             config_kwargs["classifier_dropout"] = classifier_dropout
-        self.model = load_pretrained(AutoModelForSequenceClassification, pretrained, **config_kwargs)
-        self.model.train()  # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
+        self.model = self.load_classifier(pretrained, **config_kwargs)
 
         spec_metrics, self.eval_set_names = glue_task_metrics(task_name, is_regression, num_labels)
         self.metric_names = metric_names or spec_metrics
@@ -184,6 +189,37 @@ class SequenceClassificationModule(FineTuningModule):
         self.val_losses = nn.ModuleList(MeanMetric() for _ in self.eval_set_names)
         self.test_losses = nn.ModuleList(MeanMetric() for _ in self.eval_set_names)
         self._predictions: list[dict] = []
+
+    # The argument that names the checkpoint __init__ loads, and what a head trained on another task gets there:
+    # "new" (fine-tuning: start the task from a new head) or "refuse" (a distillation teacher must know the task).
+    pretrained_option, other_task_head = "pretrained", "new"
+
+    def other_task_reason(self, path: str, num_labels: int, id2label: dict | None) -> str | None:
+        """Why the checkpoint at `path` holds a classification head trained on another task than this module's, or
+        None (see models/task_head.py). The task's labels go by the names in `id2label` or the data's own."""
+        names = [list(id2label.values()) if id2label else None, self.label_names]
+        return other_task_reason(load_config(path), resolve_model_path(path), self.task_name, num_labels, names)
+
+    def new_head(self, model: nn.Module, path: str, reason: str) -> None:
+        """Re-initialise `model`'s classification head (loaded from `path`), saying why in one log line."""
+        replaced = reinitialise_head(model)
+        rank_zero_info(f"{path}: {reason}; fine-tuning on {canonical_task(self.task_name)} starts from a new "
+                       f"classification head ({', '.join(replaced)})")
+
+    def load_classifier(self, path: str, **config_kwargs) -> nn.Module:
+        """`path` as a *ForSequenceClassification in training mode, with a new head when the checkpoint's was trained
+        on another task; the task is recorded in `config.finetuning_task`."""
+        reason = self.other_task_reason(path, config_kwargs["num_labels"], config_kwargs.get("id2label"))
+        if reason and self.other_task_head == "refuse":
+            raise ValueError(f"model.init_args.{self.pretrained_option}={path}: {reason}; give a model fine-tuned on "
+                             f"{canonical_task(self.task_name)}")
+        if reason:  # a head of another shape (2 labels -> 3) is replaced too, instead of failing to load
+            config_kwargs["ignore_mismatched_sizes"] = True
+        model = load_for_training(AutoModelForSequenceClassification, path, **config_kwargs)
+        if reason:
+            self.new_head(model, path, reason)
+        model.config.finetuning_task = canonical_task(self.task_name)
+        return model
 
     def model_card_info(self) -> dict[str, Any]:
         info = super().model_card_info()

@@ -22,7 +22,7 @@ from transformers import (
 from transformers.activations import gelu
 
 from models.last_layer import last_layer_at, selected_positions
-from models.pretrained import load_pretrained
+from models.pretrained import load_for_training
 
 IGNORE_INDEX = -100  # the label of positions without a target (the value transformers' losses ignore): one home
 ARCHITECTURES = ("roberta", "bert", "distilbert")
@@ -168,10 +168,11 @@ def build_masked_lm(
     pad_token_id: int | None = None,
     **size,
 ) -> PreTrainedModel:
-    """A masked LM: loaded from `pretrained` (a directory, exported ones included, or `packaged:...`) with
-    AutoModelForMaskedLM, or freshly initialised as `arch` with the sizes in `size` (see `model_config`)."""
+    """A masked LM in training mode: loaded from `pretrained` (a directory, exported ones included, or
+    `packaged:...`) with AutoModelForMaskedLM, or freshly initialised as `arch` with the sizes in `size` (see
+    `model_config`)."""
     if pretrained is not None:
-        model = load_pretrained(AutoModelForMaskedLM, pretrained)
+        model = load_for_training(AutoModelForMaskedLM, pretrained)  # train mode: from_pretrained gives eval mode
         if vocab_size is not None and vocab_size > model.config.vocab_size:
             raise ValueError(
                 f"the tokenizer has {vocab_size} ids but the model in {pretrained!r} embeds only "

@@ -69,6 +69,23 @@ def load_pretrained(auto_class, name_or_path: str, **kwargs):
     return _from_pretrained(auto_class.from_pretrained, name_or_path, "model", **kwargs)
 
 
+def load_for_training(auto_class, name_or_path: str, **kwargs):
+    """`load_pretrained`, switched to training mode: the loader of every model that trains.
+
+    `from_pretrained` returns the model in eval mode (dropout off), and Lightning never calls `.train()` when `fit`
+    starts (it keeps each sub-module's mode as it finds it), so without this a loaded model trains without dropout.
+    """
+    return load_pretrained(auto_class, name_or_path, **kwargs).train()
+
+
+def load_config(name_or_path: str, **kwargs):
+    """The model config of a directory, the packaged teacher or a hub name (what a checkpoint records, before loading
+    its weights)."""
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig.from_pretrained, name_or_path, "model", **kwargs)
+
+
 def load_tokenizer(name_or_path: str, **kwargs):
     """A fast tokenizer from a directory, the packaged teacher or a hub name."""
     from transformers import AutoTokenizer

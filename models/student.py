@@ -1,7 +1,8 @@
 """Build a smaller student from a teacher, as DistilBERT does (Sanh et al. 2019). Plain model code, no Lightning.
 
-The student keeps a subset of the teacher's layers (default: one out of two, `[0, 2, 4, ...]`; the public 12 -> 6
-extraction uses `[0, 2, 4, 7, 9, 11]`), the word and position embeddings, the embedding LayerNorm and the head.
+The student keeps a subset of the teacher's layers (default "spread": half of them, evenly spread from the first to the
+last, which reproduces the public 12 -> 6 extraction `[0, 2, 4, 7, 9, 11]`; "every_other" keeps `[0, 2, 4, ...]`), the
+word and position embeddings, the embedding LayerNorm and the head.
 
 - BERT teacher -> DistilBERT student (no token-type embeddings, no pooler). BERT adds `token_type_embeddings[0]` to
   every segment-A token; DistilBERT has no such table, so that row is folded into the position embeddings
@@ -69,20 +70,62 @@ BERT_TO_DISTILBERT_HEAD = {
     "classifier": "classifier",
     "qa_outputs": "qa_outputs",
 }
+# Named layer maps (`student_layers: spread`): "spread" (the default) keeps the first and last teacher layers and
+# spreads the others evenly, as the public DistilBERT extraction does; "every_other" keeps layers 0, 2, 4, ...
+# (litbert's default before issue 13, which never kept the top layer of an even-depth teacher).
+LAYER_MAP_RULES = ("spread", "every_other")
 # Matches the per-layer parameters of BERT/RoBERTa (`encoder.layer.N.`) and DistilBERT (`transformer.layer.N.`).
 LAYER_KEY = re.compile(r"^(?P<prefix>.*?(?:encoder|transformer)\.layer\.)(?P<index>\d+)\.(?P<rest>.*)$")
 
 
-def default_layer_map(num_teacher_layers: int) -> list[int]:
-    """One layer out of two, starting with the first: 12 -> [0, 2, 4, 6, 8, 10], 6 -> [0, 2, 4]."""
-    return list(range(0, num_teacher_layers, 2))
+def spread_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
+    """`num_student_layers` teacher layers evenly spread from the first to the last: student layer i copies the layer
+    nearest to i * (n - 1) / (k - 1), halves rounded down (n teacher, k student layers; one student layer: [0]).
+
+    This is the rule behind the public DistilBERT extraction, 12 -> [0, 2, 4, 7, 9, 11] (exactly); 4 -> [0, 3],
+    6 -> [0, 2, 5]. The top layer is kept: it is the one whose outputs the teacher's head was trained on.
+    """
+    n, k = num_teacher_layers, num_student_layers
+    if not 1 <= k <= n:
+        raise ValueError(f"a student of {k} layers cannot be spread over a teacher of {n} layers (1..{n})")
+    if k == 1:
+        return [0]
+    # integer form of ceil(i * (n - 1) / (k - 1) - 1/2): no floating-point ties
+    return [(2 * i * (n - 1) + k - 2) // (2 * (k - 1)) for i in range(k)]
 
 
-def resolve_layer_map(num_teacher_layers: int, layers: Sequence[int] | None = None) -> list[int]:
-    """Validate an explicit teacher-layer list (or build the default): student layer i copies teacher layer
-    layers[i]."""
+def default_layer_map(num_teacher_layers: int, num_student_layers: int | None = None,
+                      rule: str = "spread") -> list[int]:
+    """The teacher layers a student keeps by rule (see LAYER_MAP_RULES); by default half the teacher's depth
+    (rounded up): "spread" 12 -> [0, 2, 4, 7, 9, 11] (the public map), "every_other" 12 -> [0, 2, 4, 6, 8, 10]."""
+    if rule not in LAYER_MAP_RULES:
+        raise ValueError(layer_map_name_error(rule))
+    if num_student_layers is None:
+        num_student_layers = (num_teacher_layers + 1) // 2
+    if rule == "every_other":
+        layers = list(range(0, num_teacher_layers, 2))
+        if num_student_layers > len(layers):
+            raise ValueError(f"'every_other' keeps at most {len(layers)} of {num_teacher_layers} teacher layers, "
+                             f"not {num_student_layers}")
+        return layers[:num_student_layers]
+    return spread_layers(num_teacher_layers, num_student_layers)
+
+
+def layer_map_name_error(name: str) -> str:
+    """The one-line error for a `student_layers` name that is not a rule."""
+    return (f"student_layers {name!r}: expected a list of teacher layer indices or one of "
+            f"{', '.join(repr(r) for r in LAYER_MAP_RULES)}")
+
+
+def resolve_layer_map(num_teacher_layers: int, layers: Sequence[int] | str | None = None) -> list[int]:
+    """Student layer i copies teacher layer result[i]: `layers` checked when a list, built by rule when a name of
+    LAYER_MAP_RULES, or the default rule ("spread") when None."""
     if layers is None:
         return default_layer_map(num_teacher_layers)
+    if isinstance(layers, str):
+        if layers not in LAYER_MAP_RULES:
+            raise ValueError(layer_map_name_error(layers))
+        return default_layer_map(num_teacher_layers, rule=layers)
     layers = [int(i) for i in layers]
     if not layers:
         raise ValueError("student_layers: the list is empty; give at least one teacher layer index")
@@ -187,14 +230,15 @@ def _with_bert_prefix(teacher: PreTrainedModel) -> dict:
 
 def extract_student(
     teacher: PreTrainedModel,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | str | None = None,
     random_init: bool = False,
     architecture: str = "auto",
     fold_token_type: bool = True,
 ) -> PreTrainedModel:
     """Return a new student model built from `teacher` (which is left untouched).
 
-    layers: teacher layer indices, student layer i <- teacher layer layers[i] (default one out of two).
+    layers: teacher layer indices, student layer i <- teacher layer layers[i], or a rule name of LAYER_MAP_RULES
+        (default "spread": half the layers, the first and last kept).
     random_init: same student architecture and sizes, freshly initialised weights (ablation).
     architecture: "auto" (BERT -> DistilBERT, others -> same class), "distilbert", or "same".
     fold_token_type: add BERT's token_type_embeddings[0] to the DistilBERT position embeddings.
@@ -242,7 +286,8 @@ def _tied_keys(model: PreTrainedModel) -> list[str]:
 
 
 def layer_map_description(teacher: PreTrainedModel, student: PreTrainedModel, layers: Sequence[int]) -> str:
-    """Human-readable summary for logs and model cards, e.g. 'BertForMaskedLM[0, 2, 4] -> DistilBertForMaskedLM'."""
+    """Human-readable summary for logs and model cards, e.g. 'BertForMaskedLM[0, 2, 5] -> DistilBertForMaskedLM (3
+    layers)'."""
     return f"{type(teacher).__name__}{list(layers)} -> {type(student).__name__} ({len(layers)} layers)"
 
 

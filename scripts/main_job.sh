@@ -25,6 +25,9 @@ EPOCHS=${EPOCHS:-1}
 BATCH_SIZE=${BATCH_SIZE:-32}
 TEACHER_LR=${TEACHER_LR:-1e-4}    # few steps: higher than the fine-tuning config's 5e-5
 STUDENT_LR=${STUDENT_LR:-2e-4}
+# teacher layers the student keeps: spread = [0, 2, 5] (the default rule), every_other = [0, 2, 4] (the default
+# before issue 13, with which the figures in README.md were measured), or a list such as [0,1,5]
+STUDENT_LAYERS=${STUDENT_LAYERS:-spread}
 SST2_SOURCE=${SST2_SOURCE:-auto}  # auto: local files, else the hub when online | files | hub
 HUB_NAME=${HUB_NAME:-nyu-mll/glue}
 DRY_RUN=${DRY_RUN:-0}
@@ -105,7 +108,7 @@ exported "$OUT/teacher/best"
 stamp "2/3 distilling the teacher into a 3-layer DistilBERT student"
 run "$PY" train.py fit --config configs/distill/glue.yaml "${COMMON[@]}" \
     --model.init_args.teacher="$OUT/teacher/best" --data.init_args.tokenizer="$OUT/teacher/best" \
-    --model.init_args.lr="$STUDENT_LR" \
+    --model.init_args.lr="$STUDENT_LR" --model.init_args.student_layers="$STUDENT_LAYERS" \
     --trainer.default_root_dir="$OUT/distill" --trainer.logger.init_args.name=main_job-student \
     --trainer.callbacks.init_args.dirpath="$OUT/student"
 exported "$OUT/student/best"

@@ -193,6 +193,12 @@ def student_layers_out_of_range(env):
             "student_layers [0, 9]: indices [9] are outside the teacher's layers 0..1")
 
 
+def student_layers_unknown_name(env):
+    return (in_process(env.distill("--model.init_args.student_layers=evenly")),
+            "model.init_args.student_layers: student_layers 'evenly': expected a list of teacher layer indices or one "
+            "of 'spread', 'every_other'")
+
+
 def vocabulary_mismatch(env):
     from transformers import AutoTokenizer
 
@@ -347,7 +353,8 @@ def squad_answer_mismatch(env):
 CASES = [misspelt_option, wrong_class_path, missing_teacher_directory, misspelt_model_argument, model_side_label_names,
          wrong_value_type,
          yaml_syntax_error, optimizer_option, lr_scheduler_in_config, unknown_task, unknown_model, batch_size_zero,
-         max_seq_length_beyond_positions, student_layers_out_of_range, vocabulary_mismatch,
+         max_seq_length_beyond_positions, student_layers_out_of_range, student_layers_unknown_name,
+         vocabulary_mismatch,
          resume_last_without_checkpoint, empty_checkpoint_file, truncated_checkpoint_file,
          resume_with_larger_max_steps, missing_data_file, empty_custom_tsv, empty_squad_file, wrong_delimiter,
          missing_column, label_outside_the_list, non_utf8_tsv, non_utf8_text_corpus, json_lines_syntax_error,

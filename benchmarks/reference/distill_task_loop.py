@@ -6,8 +6,9 @@ on KL(teacher_T || student_T) * T^2 + cross-entropy on the gold labels, gradient
 kernel, torch's fastest; no decay on biases and LayerNorm weights) with a linear warmup (5%) and decay. bf16 autocast
 on CUDA. No validation, no checkpoints, no logging: only the training work.
 
-The student is litbert's extraction of teacher layers [0, 2, 4] (`models.student.extract_student`, as
-configs/distill/glue.yaml), so that both methods train the same model; everything else here is plain PyTorch.
+The student is litbert's extraction of teacher layers [0, 2, 4] (`models.student.extract_student`, the layers
+benchmarks/distill_task.py gives configs/distill/glue.yaml), so that both methods train the same model; everything
+else here is plain PyTorch.
 
     python benchmarks/reference/distill_task_loop.py --teacher DIR --data_dir $DATA_DIR --epochs 3
 """

@@ -60,8 +60,9 @@ def test_soft_and_cosine_terms_vanish_when_the_student_is_the_teacher(tiny_bert_
 
 def test_extracted_student_learns_from_the_teacher(tiny_bert_dir):
     batch = masked_batches(tiny_bert_dir, n_batches=1)[0]
-    m = module(tiny_bert_dir)  # default: layers [0, 2] of 4
-    assert m.layer_map == [0, 2] and m.model.config.n_layers == 2
+    m = module(tiny_bert_dir)  # default "spread": layers [0, 3] of 4, the first and the last
+    assert m.layer_map == [0, 3] and m.model.config.n_layers == 2
+    assert m.model_card_info()["recipe"]["student_layers"] == "spread"
     terms = m.distillation_terms(batch)
     assert terms["ce"].item() > 0 and terms["cos"].item() > 0
     terms["total"].backward()
@@ -184,3 +185,17 @@ def test_bad_switches(tiny_bert_dir):
         module(tiny_bert_dir, kl_positions="some")
     with pytest.raises(ValueError, match="student_layers"):
         module(tiny_bert_dir, student=str(tiny_bert_dir), student_layers=[0])
+    with pytest.raises(ValueError, match=r"^student_layers 'evenly': expected a list of teacher layer indices or one "
+                                         r"of 'spread', 'every_other'$"):
+        module(tiny_bert_dir, student_layers="evenly")
+
+
+def test_student_layers_by_name(tiny_bert_dir):
+    """`student_layers: every_other` keeps the map litbert used by default before issue 13; "spread" is the default."""
+    old = module(tiny_bert_dir, student_layers="every_other")
+    assert old.layer_map == [0, 2] and old.model.config.n_layers == 2
+    assert old.model_card_info()["recipe"]["student_layers"] == "every_other"
+    assert module(tiny_bert_dir, student_layers="spread").layer_map == [0, 3]
+    teacher = old.teacher.state_dict()  # the student's top layer is the teacher's layer 2
+    torch.testing.assert_close(old.model.state_dict()["distilbert.transformer.layer.1.attention.q_lin.weight"],
+                               teacher["bert.encoder.layer.2.attention.self.query.weight"])

@@ -45,7 +45,7 @@ def test_glue_fast_dev_run_trains_the_student_only(tmp_path, data_dir, tiny_bert
     module = cli.model
     assert isinstance(module, GLUEDistillationModule)
     assert type(module.model).__name__ == "DistilBertForSequenceClassification"
-    assert module.model.config.n_layers == 3 and module.layer_map == [0, 2, 4]
+    assert module.model.config.n_layers == 3 and module.layer_map == [0, 2, 5]
     logged = cli.trainer.logged_metrics
     for key in ("train/loss", "train/loss_ce", "train/loss_hard", "val/accuracy", "val/score"):
         assert key in logged, key
@@ -55,7 +55,7 @@ def test_glue_fast_dev_run_trains_the_student_only(tmp_path, data_dir, tiny_bert
     assert not any(k.startswith("teacher.") for k in module.state_dict())
     # The student's model card: the fine-tuning card with the teacher, layer map and distillation recipe merged in.
     card = module.model_card_info()
-    assert card["teacher"] == str(tiny_bert_sst2_teacher) and card["layer_map"] == [0, 2, 4]
+    assert card["teacher"] == str(tiny_bert_sst2_teacher) and card["layer_map"] == [0, 2, 5]
     assert card["recipe"]["alpha_ce"] == module.hparams.alpha_ce and "base_model" not in card["recipe"]
     assert card["description"].startswith("DistilBertForSequenceClassification distilled on sst2 from the teacher")
 
@@ -70,7 +70,7 @@ def test_ablation_switches_run(tmp_path, data_dir, tiny_bert_sst2_teacher):
                                     "--model.init_args.random_init=true", "--model.init_args.alpha_ce=0",
                                     "--model.init_args.alpha_cos=1.0", "--model.init_args.cos_layers=mapped"))
     module = cli.model
-    assert module.hparams.random_init and module.cos_pairs == [(0, 0), (1, 1), (2, 3), (3, 5)]
+    assert module.hparams.random_init and module.cos_pairs == [(0, 0), (1, 1), (2, 3), (3, 6)]  # map [0, 2, 5]
     logged = cli.trainer.logged_metrics
     # alpha_ce = 0: the total is the hard + cosine terms only, but the soft term is still logged
     assert float(logged["train/loss"]) == pytest.approx(float(logged["train/loss_hard"]) +

@@ -41,6 +41,9 @@ def test_main_job_chooses_local_files_or_the_hub(tmp_path, data_dir):
     assert f"main_job: SST-2 from {data_dir}/glue/SST-2" in local.stdout
     assert local.stdout.count(f"--data.init_args.data_dir={data_dir}") == 2
     assert f"--data_dir {data_dir}" in local.stdout and "hub_name" not in local.stdout
+    assert "--model.init_args.student_layers=spread" in local.stdout  # the default map, [0, 2, 5] of 6 layers
+    old_map = main_job(tmp_path, DATA_DIR=str(data_dir), DRY_RUN="1", STUDENT_LAYERS="every_other")
+    assert "--model.init_args.student_layers=every_other" in old_map.stdout
     (tmp_path / "data").symlink_to(data_dir)  # ./data of the folder the job starts from
     assert f"SST-2 from {tmp_path}/data/glue/SST-2" in main_job(tmp_path, DRY_RUN="1").stdout
     hub = main_job(tmp_path, DATA_DIR=str(tmp_path / "nowhere"), DRY_RUN="1", SST2_SOURCE="hub")

@@ -159,3 +159,46 @@ def test_too_long_data_is_a_clear_error(tmp_path, bpe_tokenizer_dir, data_dir):
     module = MaskedLMModule(vocab_size=data.vocab_size, pad_token_id=data.pad_token_id, **TINY)
     with pytest.raises(ValueError, match="max_seq_length=64"):
         trainer(tmp_path, max_steps=1).fit(module, datamodule=data)
+
+
+@pytest.fixture
+def bert_with_dropout_dir(tmp_path, wordpiece_tokenizer_dir):
+    """A tiny saved BERT masked LM with dropout 0.1 (what `pretrained=DIR` continues from)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(str(wordpiece_tokenizer_dir))
+    config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    out = tmp_path / "bert-dropout"
+    BertForMaskedLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+class RecordTrainingMode(pl.Callback):
+    """At each training batch: whether the model and all its dropout modules train, and whether two forward passes
+    on the batch differ (they do only with dropout on)."""
+
+    def __init__(self):
+        self.modes, self.passes_differ = [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        dropouts = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+        self.modes.append((module.model.training, bool(dropouts) and all(m.training for m in dropouts)))
+        with torch.no_grad():
+            first, second = module.masked_logits(batch)[0], module.masked_logits(batch)[0]
+        self.passes_differ.append(not torch.equal(first, second))
+
+
+def test_pretrained_directory_trains_in_train_mode(tmp_path, bert_with_dropout_dir, data_dir):
+    """from_pretrained returns eval mode and Lightning keeps sub-module modes: continued pretraining must still train
+    with dropout on (issue 13)."""
+    data = FixtureBlocks(bert_with_dropout_dir, data_dir / "wikitext-2" / "train.txt")
+    module = MaskedLMModule(vocab_size=data.vocab_size, pad_token_id=data.pad_token_id,
+                            pretrained=str(bert_with_dropout_dir), warmup_steps=0)
+    record = RecordTrainingMode()
+    trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[record]).fit(module, datamodule=data)
+    assert record.modes == [(True, True)] * 2
+    assert record.passes_differ == [True] * 2

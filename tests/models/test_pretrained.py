@@ -24,3 +24,15 @@ def test_hub_names_and_existing_directories_pass_through(tiny_bert_dir):
     assert resolve_model_path(str(tiny_bert_dir)) == str(tiny_bert_dir)
     with pytest.raises(ValueError, match="unknown packaged model"):
         resolve_model_path("packaged:bert-large")
+
+
+def test_models_that_train_load_in_training_mode(tiny_bert_dir):
+    """from_pretrained gives eval mode (dropout off); every loader of a model that trains switches it back."""
+    from transformers import AutoModelForMaskedLM
+
+    from models.mlm import build_masked_lm
+    from models.pretrained import load_for_training, load_pretrained
+
+    assert not load_pretrained(AutoModelForMaskedLM, str(tiny_bert_dir)).training
+    for model in (load_for_training(AutoModelForMaskedLM, str(tiny_bert_dir)), build_masked_lm(str(tiny_bert_dir))):
+        assert model.training and all(m.training for m in model.modules())

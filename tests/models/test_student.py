@@ -42,10 +42,41 @@ def inputs():
     return dict(input_ids=ids, attention_mask=mask)
 
 
-def test_default_layer_map_is_one_of_two():
-    assert default_layer_map(12) == [0, 2, 4, 6, 8, 10]
-    assert default_layer_map(6) == [0, 2, 4]
-    assert resolve_layer_map(12, [0, 2, 4, 7, 9, 11]) == [0, 2, 4, 7, 9, 11]
+def test_default_layer_map_is_the_public_spread():
+    """The public DistilBERT extraction of a 12-layer teacher keeps [0, 2, 4, 7, 9, 11]: the default follows it."""
+    assert default_layer_map(12) == [0, 2, 4, 7, 9, 11]
+    assert default_layer_map(4) == [0, 3]
+    assert default_layer_map(6) == [0, 2, 5]  # 2.5 is a half: rounded down
+    assert default_layer_map(24) == [0, 2, 4, 6, 8, 10, 13, 15, 17, 19, 21, 23]
+    assert default_layer_map(12, 4) == [0, 4, 7, 11] and default_layer_map(12, 12) == list(range(12))
+    assert resolve_layer_map(12) == resolve_layer_map(12, "spread") == [0, 2, 4, 7, 9, 11]
+    assert resolve_layer_map(12, [0, 2, 4, 6, 8, 10]) == [0, 2, 4, 6, 8, 10]
+
+
+@pytest.mark.parametrize("teacher_layers", [2, 3, 4, 5, 6, 8, 9, 12, 16, 24, 36])
+def test_spread_keeps_the_first_and_last_layer(teacher_layers):
+    for student_layers in range(2, teacher_layers + 1):
+        layers = default_layer_map(teacher_layers, student_layers)
+        assert layers[0] == 0 and layers[-1] == teacher_layers - 1
+        assert len(layers) == student_layers and layers == sorted(set(layers))  # distinct, in order
+    # by default half the teacher's depth (rounded up), as before
+    assert len(default_layer_map(teacher_layers)) == (teacher_layers + 1) // 2
+
+
+def test_every_other_is_the_old_map_by_name():
+    assert resolve_layer_map(12, "every_other") == default_layer_map(12, rule="every_other") == [0, 2, 4, 6, 8, 10]
+    assert resolve_layer_map(6, "every_other") == [0, 2, 4]
+    assert resolve_layer_map(5, "every_other") == [0, 2, 4]
+    assert resolve_layer_map(1) == [0]
+
+
+@pytest.mark.parametrize("name", ["evenly", "Every-Other", ""])
+def test_unknown_layer_map_name_is_one_clear_line(name):
+    with pytest.raises(ValueError) as err:
+        resolve_layer_map(12, name)
+    message = str(err.value)
+    assert "\n" not in message and "student_layers" in message and repr(name) in message
+    assert "'spread'" in message and "'every_other'" in message and "list" in message
 
 
 @pytest.mark.parametrize("layers, match", [([], "empty"), ([0, 6], "outside"), ([1, 1], "once")])
