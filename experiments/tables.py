@@ -48,7 +48,7 @@ def distilbert(records: list[dict]) -> tuple[str, dict]:
                and r["kind"] == "latency"}
     rows, summary = [], {}
     if not fits:
-        return "No runs recorded yet.", summary
+        return "", summary
     for model, name in MODELS_T1.items():
         mine = [r for r in fits if r["labels"]["model"] == model]
         if not mine:
@@ -181,11 +181,18 @@ def save(fig, path: Path, plt) -> Path:
 
 
 # ---- RESULTS.md ----------------------------------------------------------------------------------------------------------
+EMPTY = "No runs recorded yet."
+
+
 def sections(records: list[dict]) -> dict[str, str]:
-    """Marker name -> generated markdown."""
+    """Marker name -> generated markdown ("No runs recorded yet." for a table without records)."""
     t1, summary = distilbert(records)
-    return {"distilbert": t1, "ablation": pretraining(records, "ablation"), "roberta": pretraining(records, "roberta"),
-            "temperature": temperature(records), "squad": squad(records), "_summary": summary}
+    tables = {name: [r for r in records if r["table"] == name]
+              for name in ("distilbert", "ablation", "roberta", "temperature", "squad")}
+    generated = {"distilbert": t1, "ablation": pretraining(records, "ablation"),
+                 "roberta": pretraining(records, "roberta"), "temperature": temperature(records),
+                 "squad": squad(records)}
+    return {**{name: text if tables[name] else EMPTY for name, text in generated.items()}, "_summary": summary}
 
 
 def write_results(records: list[dict], results_md: Path, plot_dir: Path) -> Path:
