@@ -180,3 +180,23 @@ def test_max_samples_and_smoothing_counts_with_pairs(pair_dm):
     rows = dm.datasets["train"].rows
     assert len(dm.datasets["train"]) == 5
     assert dm.token_counts().sum() == sum(len(r["first"]) + len(r["second"]) for r in rows)
+
+
+def test_a_resumed_loader_continues_with_the_same_pairs(pair_dm):
+    """The training loader's saved position (in every checkpoint) resumes mid-epoch with the pairs the
+    uninterrupted run would have seen next."""
+    import torch
+
+    dm = pair_dm(sentence_objective="nsp", batch_size=8)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    state = dm.state_dict()
+    expected = next(iterator)
+    resumed = pair_dm(sentence_objective="nsp", batch_size=8)
+    resumed.load_state_dict(state)
+    again = resumed.train_dataloader()
+    again.sampler.set_epoch(2)
+    batch = next(iter(again))
+    assert all(torch.equal(batch[k], expected[k]) for k in expected)
