@@ -246,9 +246,16 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         head_positions, rows = None, None
         if self.hparams.sparse_prediction:  # sparse_mlm_logits: the last layer at the masked positions too
             head_positions = masked_tokens(batch)
-            per_row = int((batch["labels"] != IGNORE_INDEX).sum(dim=1).max()) if head_positions else 0
+            selected = batch["labels"] != IGNORE_INDEX  # [B, L]
+            if self.sentence_head is not None:  # ... and at the first token, which the sentence head reads
+                selected = selected.clone()
+                selected[:, 0] = True
+            per_row = int(selected.sum(dim=1).max()) if selected.any() else 0
             rows = batch_size_ * per_row if per_row and trimmable(self.model) else None
         flops = forward_flops(self.model, batch_size_, seq_len, head_positions, rows)
+        if self.sentence_head is not None:  # its two matrix products on [B, H]: dense H x H, classifier H x 2
+            hidden = self.model.config.hidden_size
+            flops += 2 * batch_size_ * (hidden * hidden + 2 * hidden)
         return TRAINING_FACTOR * flops if stage == "train" else flops
 
     def configure_optimizers(self) -> dict:

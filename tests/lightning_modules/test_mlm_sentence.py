@@ -138,3 +138,17 @@ def test_objectives_must_agree_with_one_clear_line(pair_data, text_dm, tmp_path)
         module.masked_and_sentence_logits(masked_batch(plain))
     with pytest.raises(ValueError, match="sentence_objective must be"):
         module_for(plain, "both")
+
+
+def test_flops_per_batch_count_the_first_token_and_the_head(pair_data):
+    """ThroughputMonitor's FLOPs (models/flops.py) equal torch's FlopCounterMode with the sentence head too: the last
+    layer's rows include the first token, and the head adds its two products."""
+    from tests.lightning_modules.test_flops import measure_flops
+
+    dm = pair_data("sop")
+    module = module_for(dm, "sop")
+    batch = masked_batch(dm)
+    forward = measure_flops(module, lambda: module.masked_and_sentence_logits(batch)[2])
+    assert forward == module.batch_flops(batch, "validate")
+    training = measure_flops(module, lambda: module.training_step(batch, 0), loss_fn=lambda loss: loss)
+    assert training == module.batch_flops(batch, "train")
