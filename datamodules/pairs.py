@@ -122,7 +122,6 @@ class PairTemplate:
         self.parts = [(ids[:a0], types[:a0]), (ids[a1:b0], types[a1:b0]), (ids[b1:], types[b1:])]
         self.type_a, self.type_b = types[a0], types[b0]
         self.with_types = "token_type_ids" in tokenizer.model_input_names
-        self.num_special = a0 + (b0 - a1) + (len(seq) - b1)
 
     def encode(self, a: np.ndarray, b: np.ndarray) -> dict:
         """{"input_ids": prefix A middle B suffix, ["token_type_ids"]} for token id arrays a and b."""

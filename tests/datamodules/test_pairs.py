@@ -200,3 +200,22 @@ def test_a_resumed_loader_continues_with_the_same_pairs(pair_dm):
     again.sampler.set_epoch(2)
     batch = next(iter(again))
     assert all(torch.equal(batch[k], expected[k]) for k in expected)
+
+
+def test_workers_and_length_grouping_draw_the_same_pairs(pair_dm):
+    """DataLoader workers hold copies of the dataset: the (epoch, index) keys give them the epoch's pairs; length
+    grouping orders the pairs by their cached lengths."""
+    import torch
+
+    plain = pair_dm(sentence_objective="nsp", batch_size=8)
+    workers = pair_dm(sentence_objective="nsp", batch_size=8, num_workers=2, group_by_length=True)
+    loader = workers.train_dataloader()
+    loader.sampler.set_epoch(3)
+    batch = next(iter(loader))
+    data = plain.datasets["train"]
+    items = [data[(3, int(i))] for i in batch["example_index"]]
+    assert batch["sentence_label"].tolist() == [item["sentence_label"] for item in items]
+    for row, item in zip(batch["input_ids"], items):
+        assert row[: len(item["input_ids"])].tolist() == item["input_ids"]
+    lengths = torch.as_tensor(data.pair_lengths[batch["example_index"].numpy()])  # the true pairs' lengths
+    assert torch.equal(lengths, lengths.sort(descending=True).values)  # longest first inside the mega-batch
