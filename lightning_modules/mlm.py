@@ -163,7 +163,7 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         """(MLM logits [n_masked, V], targets [n_masked], sentence logits [B, 2] or None without a sentence head)."""
         inputs = model_inputs(self.model, batch)
         if getattr(self.model.config, "type_vocab_size", 2) < 2:  # RoBERTa: one segment type; BERT pairs' 0/1 ids
-            inputs.pop("token_type_ids", None)  # would index past its embedding (position ids tell A from B anyway)
+            inputs.pop("token_type_ids", None)  # would index past its one embedding (the separators mark A and B)
         if self.sentence_head is not None and "sentence_label" not in batch:
             raise ValueError(f"model.init_args.sentence_objective={self.hparams.sentence_objective} needs batches "
                              f"with sentence_label: set data.init_args.packing segment_pair (or sentence_pair) and "
