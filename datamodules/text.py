@@ -20,16 +20,19 @@ from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_da
                                 owner_starts, pack_doc_sentences, pack_full_sentences,
                                 tokenize_batch_size, tokenize_documents)
 from datamodules.files import DataFormatError
+from datamodules.pairs import PAIR_PACKINGS, SENTENCE_OBJECTIVES
 from models.mlm import IGNORE_INDEX
 
 BATCH_COLUMNS = ["input_ids", "example_index"]  # (+ "epoch" in streamed batches: the pass the block comes from)
 SPLITS = ("train", "val", "test")
+PACKINGS = ("full_sentences", "doc_sentences", *PAIR_PACKINGS)
 
 
 class TextCorpusDataModule(LitBertDataModule):
     """Packed MLM blocks; batches (after `on_after_batch_transfer`): masked `input_ids`, `attention_mask`,
     `labels` (-100 where not selected), `example_index` (the block's index in its split; a hash of the block in
-    streaming mode).
+    streaming mode). The pair formats (`packing: segment_pair | sentence_pair`, `datamodules/pairs.py`) add
+    `token_type_ids` for tokenizers that make them, and `sentence_label` with a `sentence_objective`.
 
     The arguments LitBertDataModule documents are not repeated here; `max_seq_length` is the block length, special
     tokens included.
@@ -49,7 +52,10 @@ class TextCorpusDataModule(LitBertDataModule):
         encoding: encoding of the text and JSON-lines files.
         streaming: read, tokenize and pack the training split on the fly (`datamodules/streaming.py`), no cache.
         shuffle_buffer: streaming mode: documents in the shuffle buffer (0: stream order, exactly resumable).
-        packing: "full_sentences" (blocks cross documents, with a separator) or "doc_sentences" (never cross).
+        packing: "full_sentences" (blocks cross documents, with a separator), "doc_sentences" (never cross),
+            "segment_pair" (pairs of multi-sentence segments, BERT's input) or "sentence_pair" (pairs of sentences).
+        sentence_objective: the pair formats' labels: "none", "nsp" (half the B segments from another document) or
+            "sop" (half the pairs swapped); MaskedLMModule's `sentence_objective` must be the same.
         drop_last_block: drop the corpus' final partial block.
         mlm_probability: fraction of the tokens selected for prediction (`datamodules.masking.MLMMasker`).
         masking: "dynamic" (a new mask per epoch) or "static" (`static_duplicates` fixed masks used in turn).
@@ -78,7 +84,8 @@ class TextCorpusDataModule(LitBertDataModule):
         encoding: str = "utf-8",
         streaming: bool = False,
         shuffle_buffer: int = 10000,
-        packing: Literal["full_sentences", "doc_sentences"] = "full_sentences",
+        packing: Literal["full_sentences", "doc_sentences", "segment_pair", "sentence_pair"] = "full_sentences",
+        sentence_objective: Literal["none", "nsp", "sop"] = "none",
         drop_last_block: bool = True,
         mlm_probability: float = 0.15,
         masking: Literal["dynamic", "static"] = "dynamic",
@@ -102,8 +109,15 @@ class TextCorpusDataModule(LitBertDataModule):
     ):
         super().__init__(**self.shared_arguments(locals()))
         self.save_hyperparameters()
-        if packing not in ("full_sentences", "doc_sentences"):
-            raise ValueError(f"packing must be 'full_sentences' or 'doc_sentences', got {packing!r}")
+        if packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
+        if sentence_objective not in SENTENCE_OBJECTIVES:
+            raise ValueError(f"sentence_objective must be one of {SENTENCE_OBJECTIVES}, got {sentence_objective!r}")
+        if sentence_objective != "none" and packing not in PAIR_PACKINGS:
+            raise ValueError(f"sentence_objective {sentence_objective!r} needs pairs: set packing to segment_pair or "
+                             f"sentence_pair (got {packing!r})")
+        if streaming and packing in PAIR_PACKINGS:
+            raise ValueError(f"packing {packing!r} is built in the cached mode only: set streaming false")
         if masking not in ("dynamic", "static"):
             raise ValueError(f"masking must be 'dynamic' or 'static', got {masking!r}")
         if text_layout not in TEXT_LAYOUTS:
@@ -121,6 +135,7 @@ class TextCorpusDataModule(LitBertDataModule):
         self.text_column, self.text_layout, self.encoding = text_column, text_layout, encoding
         self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
         self.packing, self.drop_last_block = packing, drop_last_block
+        self.sentence_objective = sentence_objective
         self.masker_kwargs = dict(mlm_probability=mlm_probability, seed=mask_seed, whole_word_mask=whole_word_mask,
                                   static_duplicates=static_duplicates if masking == "static" else None,
                                   mlm_smoothing=mlm_smoothing)
@@ -168,6 +183,8 @@ class TextCorpusDataModule(LitBertDataModule):
         data_progress(f"{split}: {len(docs):,} documents read in {time.monotonic() - start:.1f} s; tokenizing")
         batch = tokenize_batch_size(docs)  # documents of about BATCH_TEXT_BYTES
         chunk = documents_per_chunk(batch)
+        if self.packing in PAIR_PACKINGS:
+            return self.build_pairs(docs, split, limit, batch, chunk, workdir)
         features = datasets.Features({"ids": Sequence(Value("int32")), "n": Value("int64")})
         tokens = open_arrow_files(map_in_chunks(
             docs, tokenize_documents, name="tokens", workdir=workdir, rows_per_chunk=chunk, num_proc=self.num_proc,
@@ -200,14 +217,41 @@ class TextCorpusDataModule(LitBertDataModule):
             num_proc=self.num_proc, with_indices=True, batch_size=batch, writer_batch_size=1024,
             remove_columns=tokens.column_names, features=features))
 
+    def build_pairs(self, docs, split: str, limit: int | None, batch: int, chunk: int, workdir):
+        """documents -> (A, B) segment pairs (`datamodules.pairs.pair_examples`, the document's sentences grouped
+        within max_seq_length); the NSP/SOP variant of each pair is drawn per epoch by `PairDataset`."""
+        import datasets
+
+        from datamodules.pairs import pair_examples
+
+        Sequence, Value = datasets.Sequence, datasets.Value
+        budget = self.max_seq_length - self.tokenizer.num_special_tokens_to_add(pair=True)
+        features = datasets.Features({"first": Sequence(Value("int32")), "second": Sequence(Value("int32")),
+                                      "document_index": Value("int64"), "length": Value("int64")})
+        build = partial(pair_examples, tokenizer=self.tokenizer, budget=budget,
+                        max_pieces=2 if self.packing == "sentence_pair" else None)
+        pairs = open_arrow_files(map_in_chunks(
+            docs, build, name="pairs", workdir=workdir, rows_per_chunk=chunk, num_proc=self.num_proc,
+            with_indices=True, batch_size=batch, writer_batch_size=1024, remove_columns=docs.column_names,
+            features=features))
+        if not len(pairs):
+            raise DataFormatError(f"the {split} split has no document of two or more tokens to make pairs from")
+        if limit is not None and limit < len(pairs):  # the first N pairs, written anew (the cache keeps map files)
+            pairs = pairs.select(range(limit)).flatten_indices(cache_file_name=str(workdir / "pairs-first.arrow"))
+        return pairs
+
     def token_counts(self) -> np.ndarray:
         """Occurrences of each token id in the train blocks (for mlm_smoothing), read batch by batch."""
         import pyarrow.compute as pc
 
         counts = np.zeros(len(self.tokenizer), dtype=np.int64)
-        for table in self.datasets["train"].with_format("arrow").select_columns(["input_ids"]).iter(1 << 14):
-            flat = pc.list_flatten(table.column("input_ids")).to_numpy()
-            counts += np.bincount(flat, minlength=len(counts))[: len(counts)]
+        train = self.datasets["train"]
+        train = train.rows if hasattr(train, "rows") else train  # a PairDataset: its segments
+        columns = [c for c in ("input_ids", "first", "second") if c in train.column_names]
+        for table in train.with_format("arrow").select_columns(columns).iter(1 << 14):
+            for column in columns:
+                flat = pc.list_flatten(table.column(column)).to_numpy()
+                counts += np.bincount(flat, minlength=len(counts))[: len(counts)]
         return counts
 
     # ---- Lightning hooks -------------------------------------------------------------------------------------------
@@ -235,6 +279,11 @@ class TextCorpusDataModule(LitBertDataModule):
                 from datamodules.streaming import StreamingBlocks
 
                 self.datasets[split] = StreamingBlocks(self, self.sources(split))
+            elif self.packing in PAIR_PACKINGS:
+                from datamodules.pairs import PairDataset
+
+                self.datasets[split] = PairDataset(self.load_split(split), self.tokenizer, self.sentence_objective,
+                                                   self.packing, self.masker_kwargs["seed"])
             else:
                 self.datasets[split] = self.load_split(split)
         if self.mask and self.masker is None:
@@ -242,6 +291,15 @@ class TextCorpusDataModule(LitBertDataModule):
 
             counts = self.token_counts() if self.masker_kwargs["mlm_smoothing"] > 0 else None
             self.masker = MLMMasker(self.tokenizer, token_counts=counts, **self.masker_kwargs)
+
+    def make_dataloader(self, dataset, train: bool, columns: list[str] | None = None):
+        """The base's loader for packed blocks; pairs go through `datamodules.pairs.pair_dataloader` (keys carry
+        the epoch, see there)."""
+        if self.packing in PAIR_PACKINGS:
+            from datamodules.pairs import pair_dataloader
+
+            return pair_dataloader(self, dataset, train)
+        return super().make_dataloader(dataset, train, columns)
 
     def train_dataloader(self):
         if self.streaming:

@@ -3,7 +3,10 @@
 The recipe, and where each part lives:
 - masking (15%, 80/10/10, dynamic or static, whole-word, DistilBERT smoothing): `datamodules.masking.MLMMasker`,
   applied per batch on the device by `datamodules.text.TextCorpusDataModule` (FULL-SENTENCES / DOC-SENTENCES packing);
-- no next-sentence prediction: the loss is the MLM loss only;
+- no next-sentence prediction by default: the loss is the MLM loss only; `sentence_objective: nsp | sop` adds BERT's
+  next-sentence or ALBERT's sentence-order prediction (a binary `models.mlm.SentenceHead` on the first token, kept
+  out of `self.model`, so exports stay plain masked LMs) on the pairs `TextCorpusDataModule` builds
+  (`packing: segment_pair | sentence_pair` with the same `sentence_objective`);
 - AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01 except biases/LayerNorm, linear warmup then linear decay per
   optimiser step: `lightning_modules.optim.configure_adamw_with_warmup`; large batches by the Trainer's
   `accumulate_grad_batches`, gradient clipping off unless the Trainer's `gradient_clip_val` is set;
@@ -14,7 +17,7 @@ Any Hugging Face masked LM given as a directory (`pretrained`) trains the same w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -31,7 +34,8 @@ from lightning_modules.throughput import FlopsPerBatchMixin
 from models.flops import TRAINING_FACTOR, forward_flops
 from models.inputs import model_inputs
 from models.last_layer import trimmable
-from models.mlm import IGNORE_INDEX, build_masked_lm, sparse_mlm_logits
+from models.mlm import (IGNORE_INDEX, SentenceHead, build_masked_lm, sparse_mlm_logits,
+                        sparse_mlm_logits_and_first_token)
 from models.pretrained import check_data_fits_model, max_input_length
 
 
@@ -75,6 +79,9 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         warmup_steps: linear warmup over this many optimiser steps (wins over warmup_ratio), then linear decay to 0.
         warmup_ratio: linear warmup over this fraction of the optimiser steps (when warmup_steps is None).
         sparse_prediction: LM head only at masked positions (True) or over every position (False, for comparison).
+        sentence_objective: "none" (MLM only, RoBERTa), "nsp" (next-sentence) or "sop" (sentence-order prediction)
+            on the first token; the data's `sentence_objective` must be the same (its batches carry the labels).
+        sentence_loss_weight: weight of the sentence objective's loss, added to the MLM loss.
     """
 
     def __init__(
@@ -99,6 +106,8 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         warmup_steps: int | None = None,
         warmup_ratio: float | None = 0.06,
         sparse_prediction: bool = True,
+        sentence_objective: Literal["none", "nsp", "sop"] = "none",
+        sentence_loss_weight: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -112,6 +121,14 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes=self.model.config.vocab_size, average="micro",
                                                ignore_index=IGNORE_INDEX)
         self.final_metrics: dict[str, float] = {}
+        if sentence_objective not in ("none", "nsp", "sop"):
+            raise ValueError(f"sentence_objective must be 'none', 'nsp' or 'sop', got {sentence_objective!r}")
+        self.sentence_head = None  # not part of self.model: the export (HFExport, convert_checkpoint) leaves it out
+        if sentence_objective != "none":
+            config = self.model.config
+            self.sentence_head = SentenceHead(config.hidden_size, getattr(config, "hidden_dropout_prob", 0.1))
+            self.val_sentence_loss = MeanMetric()  # mean cross-entropy per pair over the validation set
+            self.val_sentence_accuracy = MulticlassAccuracy(num_classes=2, average="micro")
 
     # ---- checks that need the DataModule ---------------------------------------------------------------------------
     def max_input_length(self) -> int:
@@ -131,32 +148,65 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         remedy = (f"raise model.init_args.max_seq_length or lower data.init_args.max_seq_length to at most "
                   f"{self.max_input_length()}") if built else None
         check_data_fits_model(self.model, datamodule, self.input_option(), remedy)
+        data_objective = getattr(datamodule, "sentence_objective", None)
+        if data_objective is not None and data_objective != self.hparams.get("sentence_objective", "none"):
+            raise ValueError(f"model.init_args.sentence_objective={self.hparams.get('sentence_objective', 'none')} "
+                             f"but data.init_args.sentence_objective={data_objective}: set both to the same value "
+                             f"(the DataModule builds the pairs and their labels, the module the head and loss)")
 
     # ---- forward -----------------------------------------------------------------------------------------------
     def masked_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [n_masked, V], targets [n_masked]) for a masked batch."""
+        return self.masked_and_sentence_logits(batch)[:2]
+
+    def masked_and_sentence_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(MLM logits [n_masked, V], targets [n_masked], sentence logits [B, 2] or None without a sentence head)."""
         inputs = model_inputs(self.model, batch)
+        if getattr(self.model.config, "type_vocab_size", 2) < 2:  # RoBERTa: one segment type; BERT pairs' 0/1 ids
+            inputs.pop("token_type_ids", None)  # would index past its one embedding (the separators mark A and B)
+        if self.sentence_head is not None and "sentence_label" not in batch:
+            raise ValueError(f"model.init_args.sentence_objective={self.hparams.sentence_objective} needs batches "
+                             f"with sentence_label: set data.init_args.packing segment_pair (or sentence_pair) and "
+                             f"data.init_args.sentence_objective {self.hparams.sentence_objective}")
         if self.hparams.sparse_prediction:
-            logits, targets, _ = sparse_mlm_logits(self.model, batch["input_ids"], batch["attention_mask"],
-                                                   batch["labels"], token_type_ids=inputs.get("token_type_ids"))
-            return logits, targets
-        logits = self.model(**inputs).logits
+            if self.sentence_head is None:
+                logits, targets, _ = sparse_mlm_logits(self.model, batch["input_ids"], batch["attention_mask"],
+                                                       batch["labels"], token_type_ids=inputs.get("token_type_ids"))
+                return logits, targets, None
+            logits, targets, first = sparse_mlm_logits_and_first_token(  # first: [B, H]
+                self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                token_type_ids=inputs.get("token_type_ids"))
+            return logits, targets, self.sentence_head(first)
+        output = self.model(**inputs, output_hidden_states=self.sentence_head is not None)
         selected = batch["labels"] != IGNORE_INDEX
-        return logits[selected], batch["labels"][selected]
+        sentence = None if self.sentence_head is None else self.sentence_head(output.hidden_states[-1][:, 0])
+        return output.logits[selected], batch["labels"][selected], sentence
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits, targets = self.masked_logits(batch)
+        logits, targets, sentence_logits = self.masked_and_sentence_logits(batch)
         # A batch with nothing masked (tiny inputs) contributes a zero loss that still has a graph.
         loss = F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
         # Under DDP: this rank's share of the mean over the masked tokens of ALL ranks' batches (one process:
         # unchanged), so the averaged gradients and the synced log are those of one process with the whole batch.
         loss = global_token_mean(self, loss, targets.numel())
+        if sentence_logits is not None:  # NSP/SOP: a mean over the pairs of all ranks, weighted into the loss
+            labels = batch["sentence_label"]
+            sentence_loss = global_token_mean(self, F.cross_entropy(sentence_logits.float(), labels), labels.numel())
+            accuracy = (sentence_logits.argmax(-1) == labels).float().mean()
+            self.log("train/mlm_loss", loss, batch_size=batch_size(batch), sync_dist=True)
+            self.log("train/sentence_loss", sentence_loss, batch_size=batch_size(batch), sync_dist=True)
+            self.log("train/sentence_accuracy", accuracy, batch_size=batch_size(batch), sync_dist=True)
+            loss = loss + self.hparams.sentence_loss_weight * sentence_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size(batch), sync_dist=True)
         self.log("train/masked_tokens", float(targets.numel()), batch_size=batch_size(batch))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits, targets = self.masked_logits(batch)
+        logits, targets, sentence_logits = self.masked_and_sentence_logits(batch)
+        if sentence_logits is not None:
+            labels = batch["sentence_label"]
+            self.val_sentence_loss.update(F.cross_entropy(sentence_logits.float(), labels), weight=labels.numel())
+            self.val_sentence_accuracy.update(sentence_logits.argmax(-1), labels)
         if not targets.numel():
             return
         logits = logits.float()
@@ -167,8 +217,14 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # Reset here, inside the loop's own grad context: states created under `trainer.validate`'s inference mode
         # could not be updated in place later by the validation loop of `fit`, which runs under no_grad.
-        for metric in (self.val_loss, self.val_perplexity, self.val_accuracy):
+        for metric in (self.val_loss, self.val_perplexity, self.val_accuracy, *self.sentence_metrics().values()):
             metric.reset()
+
+    def sentence_metrics(self) -> dict:
+        """The validation metrics of the sentence objective by logged name (none without a sentence head)."""
+        if self.sentence_head is None:
+            return {}
+        return {"val/sentence_loss": self.val_sentence_loss, "val/sentence_accuracy": self.val_sentence_accuracy}
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -178,6 +234,7 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
             return
         metrics = {"val/loss": self.val_loss.compute(), "val/perplexity": self.val_perplexity.compute(),
                    "val/accuracy": self.val_accuracy.compute()}
+        metrics.update({name: metric.compute() for name, metric in self.sentence_metrics().items()})
         self.log_dict(metrics, prog_bar=True)
         self.final_metrics = {k.replace("/", "_"): float(v) for k, v in metrics.items()}
 
@@ -189,14 +246,23 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         head_positions, rows = None, None
         if self.hparams.sparse_prediction:  # sparse_mlm_logits: the last layer at the masked positions too
             head_positions = masked_tokens(batch)
-            per_row = int((batch["labels"] != IGNORE_INDEX).sum(dim=1).max()) if head_positions else 0
+            selected = batch["labels"] != IGNORE_INDEX  # [B, L]
+            if self.sentence_head is not None:  # ... and at the first token, which the sentence head reads
+                selected = selected.clone()
+                selected[:, 0] = True
+            per_row = int(selected.sum(dim=1).max()) if selected.any() else 0
             rows = batch_size_ * per_row if per_row and trimmable(self.model) else None
         flops = forward_flops(self.model, batch_size_, seq_len, head_positions, rows)
+        if self.sentence_head is not None:  # its two matrix products on [B, H]: dense H x H, classifier H x 2
+            hidden = self.model.config.hidden_size
+            flops += 2 * batch_size_ * (hidden * hidden + 2 * hidden)
         return TRAINING_FACTOR * flops if stage == "train" else flops
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        return configure_adamw_with_warmup(self, self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas,
+        # the sentence head trains with the model (module = model + head; the same groups without a head)
+        model = self.model if self.sentence_head is None else self
+        return configure_adamw_with_warmup(self, model, lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas,
                                            eps=hp.eps, warmup_steps=hp.warmup_steps, warmup_ratio=hp.warmup_ratio)
 
     # ---- export ------------------------------------------------------------------------------------------------
@@ -205,7 +271,10 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         data = dict(getattr(datamodule, "hparams", {}) or {})
         trainer = self._trainer
-        recipe = {"objective": "masked language modelling, no next-sentence prediction",
+        objective = {"none": "masked language modelling, no next-sentence prediction",
+                     "nsp": "masked language modelling + next-sentence prediction (head not exported)",
+                     "sop": "masked language modelling + sentence-order prediction (head not exported)"}
+        recipe = {"objective": objective[hp.get("sentence_objective", "none")],
                   "optimizer": f"AdamW betas {tuple(hp.betas)}, eps {hp.eps}, weight decay {hp.weight_decay} "
                                "(none on biases and LayerNorm)",
                   "lr": hp.lr, "schedule": "linear warmup then linear decay per optimiser step",
@@ -218,7 +287,8 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         files = [f for key in ("train_files", "val_files") for f in (data.get(key) or [])]
         return {
             "task": "masked language modelling",
-            "description": f"{type(self.model).__name__} pretrained with litbert's RoBERTa recipe (MLM only).",
+            "description": f"{type(self.model).__name__} pretrained with litbert's RoBERTa recipe "
+                           f"({recipe['objective']}).",
             "datasets": sorted({hub_dataset_of_name(Path(str(f)).parent.name or str(f))[0] for f in files}),
             "data": {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
             "recipe": recipe,

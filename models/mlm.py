@@ -106,16 +106,62 @@ def sparse_mlm_logits(
     [n_masked, H]); the masked positions are taken in row-major order, so two models given the same labels give
     logits at the same positions.
     """
-    encoder, head = split_masked_lm(model)
+    selected = labels != IGNORE_INDEX  # [B, L]
+    hidden = hidden_at(model, input_ids, attention_mask, selected, token_type_ids)  # [n_masked, H]
+    return split_masked_lm(model)[1](hidden), labels[selected], hidden
+
+
+def hidden_at(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, selected: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The encoder's last hidden states where `selected` ([B, L] bool) is True, [n_selected, H] in row-major order;
+    the last layer runs at those positions only (`models.last_layer`, exact)."""
+    encoder = split_masked_lm(model)[0]
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if token_type_ids is not None:
         inputs["token_type_ids"] = token_type_ids
-    selected = labels != IGNORE_INDEX  # [B, L]
     positions, valid = selected_positions(selected)  # [B, M] each
     with last_layer_at(model, positions) as trimmed:
         hidden = encoder(**inputs, return_dict=True).last_hidden_state  # [B, M, H] (trimmed) or [B, L, H]
-    hidden = hidden[valid] if trimmed else hidden[selected]  # [n_masked, H], row-major either way
-    return head(hidden), labels[selected], hidden
+    return hidden[valid] if trimmed else hidden[selected]  # [n_selected, H], row-major either way
+
+
+def sparse_mlm_logits_and_first_token(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sparse_mlm_logits` plus the last hidden state of every row's first token (<s> / [CLS], never masked), for a
+    sentence-level head, from one encoder pass whose last layer runs at the masked positions and position 0.
+    Returns (logits [n_masked, V], targets [n_masked], first-token hidden states [B, H])."""
+    masked = labels != IGNORE_INDEX  # [B, L]
+    first = torch.zeros_like(masked)
+    first[:, 0] = True
+    hidden = hidden_at(model, input_ids, attention_mask, masked | first, token_type_ids)  # [n_masked + B, H]
+    # which of the selected rows (row-major) are masked tokens and which are first tokens
+    is_first = first[masked | first]  # [n_masked + B]
+    return split_masked_lm(model)[1](hidden[~is_first]), labels[masked], hidden[is_first]
+
+
+class SentenceHead(nn.Module):
+    """A binary sentence-level head (NSP or SOP) on the first token's hidden state, kept apart from the Hugging Face
+    model so that an export stays a plain masked LM: BERT's pooler (dense + tanh) then a linear layer to 2 logits.
+
+    Args:
+        hidden_size: the encoder's width.
+        dropout: dropout on the pooled vector.
+    """
+
+    def __init__(self, hidden_size: int, dropout: float = 0.1):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, 2)
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        """[B, H] -> [B, 2] logits (class 0: true next / in order, 1: random / swapped)."""
+        return self.classifier(self.dropout(torch.tanh(self.dense(first_token))))
 
 
 def model_config(

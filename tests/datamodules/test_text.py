@@ -78,4 +78,4 @@ def test_bad_sources(text_dm, tmp_path):
     with pytest.raises(ValueError, match="not a GLUE task folder"):
         text_dm(val_files=[str(tmp_path / "x.tsv")]).setup("validate")
     with pytest.raises(ValueError, match="packing must be"):
-        text_dm(packing="segment_pair")
+        text_dm(packing="sentences")

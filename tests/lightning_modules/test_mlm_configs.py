@@ -22,7 +22,7 @@ def fixture_args(tmp_path, monkeypatch, data_dir, bpe_tokenizer_dir):
             "--trainer.enable_progress_bar", "false"]
 
 
-@pytest.mark.parametrize("name", ["roberta_small", "roberta_base", "roberta_large_fsdp"])
+@pytest.mark.parametrize("name", ["roberta_small", "roberta_small_sop", "roberta_base", "roberta_large_fsdp"])
 def test_config_prints(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(args=["fit", "--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
@@ -61,6 +61,36 @@ def test_config_runs_one_batch(name, fixture_args, hub_corpus_dir):
     assert module.model.config.max_position_embeddings == 64 + 2
     assert cli.trainer.global_step == 1
     assert module.final_metrics["val_loss"] > 0
+
+
+def test_roberta_small_sop_runs_segment_pairs_with_the_sop_head(fixture_args, tmp_path):
+    """SEGMENT-PAIR + SOP through train.py: the batches carry sentence labels, the SOP head trains and is logged,
+    the export is a plain RobertaForMaskedLM (no head); NSP is the same config with both options switched."""
+    from transformers import AutoModelForMaskedLM
+
+    cli = train.main(args=["fit", "--config", str(CONFIGS / "roberta_small_sop.yaml"), *fixture_args,
+                           "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+                           "--trainer.val_check_interval", "2"])
+    assert cli.datamodule.packing == "segment_pair" and cli.model.hparams.sentence_objective == "sop"
+    assert cli.trainer.global_step == 2
+    logged = cli.trainer.callback_metrics
+    assert {"train/sentence_loss", "train/sentence_accuracy", "val/sentence_loss", "val/sentence_accuracy"} <= set(
+        logged)
+    assert 0.0 <= float(logged["val/sentence_accuracy"]) <= 1.0
+    export = tmp_path / "artifacts" / "mlm" / "roberta_small_sop" / "export" / "last"
+    loaded = AutoModelForMaskedLM.from_pretrained(export)
+    assert type(loaded).__name__ == "RobertaForMaskedLM"
+    assert not any("sentence" in k for k in loaded.state_dict())
+    nsp = train.main(args=["fit", "--config", str(CONFIGS / "roberta_small_sop.yaml"), *fixture_args,
+                           "--trainer.fast_dev_run", "true", "--data.init_args.sentence_objective", "nsp",
+                           "--model.init_args.sentence_objective", "nsp", "--data.init_args.packing", "sentence_pair"])
+    assert nsp.trainer.global_step == 1 and "val_sentence_accuracy" in nsp.model.final_metrics
+
+
+def test_sentence_objectives_must_agree(fixture_args):
+    with pytest.raises(ValueError, match="sentence_objective=nsp but data.init_args.sentence_objective=sop"):
+        train.main(args=["fit", "--config", str(CONFIGS / "roberta_small_sop.yaml"), *fixture_args,
+                         "--trainer.fast_dev_run", "true", "--model.init_args.sentence_objective", "nsp"])
 
 
 def test_every_recipe_switch_runs(fixture_args):
