@@ -19,6 +19,9 @@ TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 ANNEALED = {"schedule": "linear", "t_start": 8.0, "t_end": 1.0}  # Hinton-style: soft early, sharp late
 # Public DistilBERT-style map (first and last layer kept) and "every other from 0", for the 4-layer roberta_small.
 LAYER_MAPS = {"spread": [0, 3], "every_other": [0, 2]}
+# Blocks of 128 tokens in WikiText-2 train + SQuAD dev contexts with the 16k BPE tokenizer, FULL-SENTENCES (the
+# number `data: built mlm-train: N rows` prints); the data-scale runs keep the first 25% and 50% of them.
+CORPUS_BLOCKS = 21636
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Scale:
     mlm_steps: int
     mlm_val_batches: int | float
     mlm_subset_blocks: int | None  # the masking/format ablation's corpus: first N blocks (None: all)
+    corpus_blocks: int  # training blocks of the whole corpus (for the data-scale fractions)
     mlm_train_files: tuple[str, ...] | None  # None: the config's (WikiText-2 train + SQuAD dev contexts)
     mlm_eval_blocks: int | None  # perplexity over the first N validation blocks (None: all)
     distill_steps: int
@@ -80,11 +84,11 @@ class Scale:
 
 
 FULL = Scale(seeds=(1, 2, 3), batch_size=None, glue_tasks=GLUE_TASKS, sst2_train=16000, glue_train=None, glue_eval=None, glue_epochs=2, sst2_epochs=1,
-             mlm_steps=400, mlm_val_batches=20, mlm_subset_blocks=480, mlm_train_files=None, mlm_eval_blocks=None, distill_steps=400,
+             mlm_steps=400, mlm_val_batches=20, mlm_subset_blocks=480, corpus_blocks=CORPUS_BLOCKS, mlm_train_files=None, mlm_eval_blocks=None, distill_steps=400,
              tokenizer_files=("wikitext-2/train.txt",), vocab_size=16000, squad_train_articles=(0, 38),
              squad_eval_articles=(38, 48), squad_epochs=1, squad_seeds=(1,), squad_samples=None, latency_rounds=3)
 QUICK = Scale(seeds=(1,), batch_size=8, glue_tasks=("sst2", "rte"), sst2_train=32, glue_train=32, glue_eval=32, glue_epochs=1, sst2_epochs=1,
-              mlm_steps=3, mlm_val_batches=2, mlm_subset_blocks=32, mlm_train_files=("wikitext-2/test.txt",), mlm_eval_blocks=32, distill_steps=3,
+              mlm_steps=3, mlm_val_batches=2, mlm_subset_blocks=32, corpus_blocks=64, mlm_train_files=("wikitext-2/test.txt",), mlm_eval_blocks=32, distill_steps=3,
               tokenizer_files=("wikitext-2/valid.txt",), vocab_size=1000, squad_train_articles=(0, 1),
               squad_eval_articles=(38, 39), squad_epochs=1, squad_seeds=(1,), squad_samples=32, latency_rounds=1)
 
@@ -145,10 +149,8 @@ def after_pretraining(scale: Scale, model: str, prefix: str, seed: int, table: s
         Run(f"{prefix}-ppl", table, "validate", "configs/mlm/roberta_small.yaml",
             {"model.init_args.pretrained": f"@{model}", "data.init_args.tokenizer": f"@{model}",
              "data.init_args.max_eval_samples": scale.mlm_eval_blocks, "trainer.limit_val_batches": 1.0},
-            seed, {**labels, "measure": "perplexity"}),
-        Run(f"{prefix}-sst2", table, "fit", "configs/finetune/glue.yaml",
-            {**glue_data(scale, "sst2"), "model.init_args.pretrained": f"@{model}", "model.init_args.lr": 1e-4,
-             "data.init_args.tokenizer": f"@{model}"}, seed, {**labels, "measure": "sst2"}),
+            seed, {**labels, "model": model, "measure": "perplexity"}),
+        glue_after_pretraining(scale, model, f"{prefix}-sst2", seed, table, labels, "sst2"),
     ]
 
 
@@ -193,6 +195,55 @@ def pretraining_tables(scale: Scale, seed: int) -> list[Run]:
     return runs
 
 
+def formats_table(scale: Scale, seed: int) -> list[Run]:
+    """Table 6 (RoBERTa's table 2 and 4): input formats with and without NSP/SOP, and the data-scale finding.
+
+    FULL-SENTENCES on the whole corpus at the budget's steps is table 2's teacher (the same run, seed 1); the others
+    are trained here. Each model: perplexity on the same fixed validation masks, SST-2 and MRPC after fine-tuning.
+    """
+    tok = "@tokenizer"
+    every = scale.mlm_steps // 6 if scale.mlm_steps >= 60 else scale.mlm_steps
+    mlm = {"data.init_args.tokenizer": tok, "trainer.max_steps": scale.mlm_steps, "trainer.max_time": None,
+           "trainer.limit_val_batches": scale.mlm_val_batches, "trainer.val_check_interval": every}
+    if scale.mlm_train_files:
+        mlm["data.init_args.train_files"] = list(scale.mlm_train_files)
+    pair = {"data.init_args.packing": "segment_pair"}
+    variants = {
+        "FULL-SENTENCES": None,  # table 2's teacher
+        "DOC-SENTENCES": {"data.init_args.packing": "doc_sentences"},
+        "SEGMENT-PAIR + NSP": {**pair, "data.init_args.sentence_objective": "nsp",
+                               "model.init_args.sentence_objective": "nsp"},
+        "SEGMENT-PAIR + SOP": {**pair, "data.init_args.sentence_objective": "sop",
+                               "model.init_args.sentence_objective": "sop"},
+        "25% of the corpus": {"data.init_args.max_train_samples": scale.corpus_blocks // 4},
+        "50% of the corpus": {"data.init_args.max_train_samples": scale.corpus_blocks // 2},
+        "100% of the corpus, 2x steps": {"trainer.max_steps": 2 * scale.mlm_steps,
+                                         "trainer.val_check_interval": 2 * every},
+    }
+    runs = []
+    for i, (name, extra) in enumerate(variants.items()):
+        labels = {"variant": name, "group": "data scale" if "corpus" in name else "format"}
+        if extra is None:
+            model = f"t2-teacher-s{seed}"
+            if seed != scale.seeds[0]:  # table 2 has one seed: the other seeds' FULL-SENTENCES runs are trained here
+                runs.append(Run(model, "formats", "fit", "configs/mlm/roberta_small.yaml", mlm, seed, labels))
+        else:
+            model = f"t6-v{i}-s{seed}"
+            runs.append(Run(model, "formats", "fit", "configs/mlm/roberta_small.yaml", {**mlm, **extra}, seed, labels))
+        if extra is not None or seed != scale.seeds[0]:  # table 2 scores its teacher itself
+            runs += after_pretraining(scale, model, model, seed, "formats", labels)
+        runs.append(glue_after_pretraining(scale, model, f"{model}-mrpc", seed, "formats", labels, "mrpc"))
+    return runs
+
+
+def glue_after_pretraining(scale: Scale, model: str, run_id: str, seed: int, table: str, labels: dict,
+                           task: str) -> Run:
+    """`model` fine-tuned on a GLUE task (its dev score after the last epoch)."""
+    return Run(run_id, table, "fit", "configs/finetune/glue.yaml",
+               {**glue_data(scale, task), "model.init_args.pretrained": f"@{model}", "model.init_args.lr": 1e-4,
+                "data.init_args.tokenizer": f"@{model}"}, seed, {**labels, "model": model, "measure": task})
+
+
 def squad_table(scale: Scale, seed: int) -> list[Run]:
     """Table 5: SQuAD v1.1 teacher and student, trained on dev articles [a, b), evaluated on [c, d)."""
     data = {"data.init_args.train_articles": list(scale.squad_train_articles),
@@ -225,6 +276,7 @@ def plan(scale: Scale) -> list[Run]:
         runs += distilbert_table(scale, seed) + temperature_table(scale, seed)
         if seed == scale.seeds[0]:
             runs += pretraining_tables(scale, seed)  # one seed: the budget (see RESULTS.md)
+        runs += formats_table(scale, seed)
     for seed in scale.squad_seeds:
         runs += squad_table(scale, seed)
     runs = [with_batch_size(run, scale.batch_size) for run in runs]

@@ -106,6 +106,36 @@ def pretraining(records: list[dict], table_name: str) -> str:
                   "seeds"], rows)
 
 
+def formats(records: list[dict]) -> str:
+    """Table 6: per input format / corpus share, medians over seeds of each pretrained model's scores."""
+    trained = [r for r in records if r["table"] == "formats" and "measure" not in r["labels"]]
+    by_model = {}
+    for r in records:
+        if r["labels"].get("measure") and r["labels"].get("model"):
+            by_model.setdefault(r["labels"]["model"], {})[r["labels"]["measure"]] = r
+    variants = list(dict.fromkeys(r["labels"]["variant"] for r in records if r["table"] == "formats"))
+    rows = []
+    for variant in variants:
+        models = [r for r in trained if r["labels"]["variant"] == variant]
+        if variant == "FULL-SENTENCES":  # seed 1 is table 2's teacher
+            models += [r for r in records if r["table"] == "ablation" and r["labels"].get("variant") == "teacher"
+                       and "measure" not in r["labels"]]
+        ids = [r["id"] for r in models]
+
+        def measured(measure, key="val/score"):
+            return median([score(by_model[i][measure], key) for i in ids if measure in by_model.get(i, {})
+                           and score(by_model[i][measure], key) is not None])
+
+        sentence = median([score(r, "val/sentence_accuracy") for r in models
+                           if score(r, "val/sentence_accuracy") is not None])
+        steps = models[0]["options"].get("trainer.max_steps") if models else None
+        rows.append([variant, str(steps or "n/a"), fmt(measured("perplexity", "val/perplexity")),
+                     fmt(sentence) if sentence is None else fmt(100 * sentence), fmt(measured("sst2")),
+                     fmt(measured("mrpc")), seeds_of(models)])
+    return table(["pretraining", "steps", "WikiText-2 val perplexity", "NSP/SOP val accuracy", "SST-2 dev", "MRPC dev",
+                  "seeds"], rows)
+
+
 def temperature(records: list[dict]) -> str:
     runs = [r for r in records if r["table"] == "temperature"]
     t2 = [r for r in records if r["table"] == "distilbert" and r["labels"].get("model") == "student"
@@ -188,10 +218,10 @@ def sections(records: list[dict]) -> dict[str, str]:
     """Marker name -> generated markdown ("No runs recorded yet." for a table without records)."""
     t1, summary = distilbert(records)
     tables = {name: [r for r in records if r["table"] == name]
-              for name in ("distilbert", "ablation", "roberta", "temperature", "squad")}
+              for name in ("distilbert", "ablation", "roberta", "temperature", "squad", "formats")}
     generated = {"distilbert": t1, "ablation": pretraining(records, "ablation"),
                  "roberta": pretraining(records, "roberta"), "temperature": temperature(records),
-                 "squad": squad(records)}
+                 "squad": squad(records), "formats": formats(records)}
     return {**{name: text if tables[name] else EMPTY for name, text in generated.items()}, "_summary": summary}
 
 
