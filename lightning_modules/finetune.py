@@ -81,6 +81,12 @@ class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
         self.output_dir = output_dir
         self.final_metrics: dict[str, float] = {}  # the last evaluation's figures (for the model card)
 
+    def build_model(self, auto_class, pretrained: str, **config_kwargs):
+        """The model this module trains and exports: `pretrained` loaded with `auto_class`, in training mode
+        (from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are). Distillation builds its
+        student here (lightning_modules/distill_base.py)."""
+        return load_pretrained(auto_class, pretrained, **config_kwargs).train()
+
     def input_option(self) -> str:
         """The option that chose `self.model`, named by the checks in `setup`."""
         return f"model.init_args.pretrained={self.pretrained}"
@@ -170,8 +176,7 @@ class SequenceClassificationModule(FineTuningModule):
             config_kwargs["label2id"] = {name: i for i, name in enumerate(names)}
         if classifier_dropout is not None:
             config_kwargs["classifier_dropout"] = classifier_dropout
-        self.model = load_pretrained(AutoModelForSequenceClassification, pretrained, **config_kwargs)
-        self.model.train()  # from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are
+        self.model = self.build_model(AutoModelForSequenceClassification, pretrained, **config_kwargs)
 
         spec_metrics, self.eval_set_names = glue_task_metrics(task_name, is_regression, num_labels)
         self.metric_names = metric_names or spec_metrics
