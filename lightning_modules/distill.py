@@ -64,7 +64,8 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
                  kl_positions: str = "all", cos_layers: str | list[list[int]] = "last",
                  student_size: dict[str, int] | None = None, layerwise: dict[str, float] | None = None,
                  layerwise_layers: str | list[list[int]] = "auto", relation_heads: int | None = None,
-                 relation_teacher_layer: int = -1, lr: float = 5e-4, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
+                 relation_teacher_layer: int = -1, lr: float = 5e-4, weight_decay: float = 0.01,
+                 betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
                  warmup_steps: int | None = None, warmup_ratio: float | None = 0.05, sparse_prediction: bool = True,
                  fused_lm_loss: bool = True, vocab_size: int | None = None, pad_token_id: int | None = None):
         if kl_positions not in KL_POSITIONS:
@@ -79,6 +80,8 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         self.save_own_hyperparameters()
         self.init_distillation(temperature, alpha_ce, alpha_cos, cos_layers, layerwise, layerwise_layers,
                                relation_heads, relation_teacher_layer)
+        for model in (self.teacher, self.model):  # before training: encoders and LM heads this module can run
+            split_masked_lm(model)
         # validation means of the terms over all their tokens (independent of batching, exact across processes)
         self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in self.term_names()})
         self.fused_workspace: dict = {}  # fused_kl_and_mlm's buffers, reused from step to step (not in checkpoints)
@@ -174,12 +177,13 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:
-        """Log `val_distill/loss_<term>` (ce, mlm, cos, layer-wise: means over the tokens of the whole validation run, synced across
-        processes) and `val_distill/loss` = the alpha-weighted sum of those."""
+        """Log `val_distill/loss_<term>` (ce, mlm, cos, layer-wise: means over the tokens of the whole validation run,
+        synced across processes) and `val_distill/loss` = the weighted sum of those."""
         super().on_validation_epoch_end()
         means = self.val_distill_means
         first = next(iter(means.values()), None)
-        if first is not None and true_on_any_rank(self, first.update_count > 0):  # decided together: compute() is a collective
+        # decided together: compute() is a collective
+        if first is not None and true_on_any_rank(self, first.update_count > 0):
             values = {name: metric.compute() for name, metric in means.items()}
             values["total"] = sum(self.term_weight(name) * value for name, value in values.items())
             for name, value in values.items():

@@ -7,7 +7,8 @@ and the model card are the fine-tuning modules' (the student is `self.model`).
 
 Cached teacher logits (`cache_teacher_logits`, on by default): the teacher is frozen and in eval mode (no dropout), so
 its logits for a training example are the same in every epoch. Unless the cosine term needs its hidden states
-(alpha_cos > 0), or a layer-wise objective its q/k/v, `TaskDistillationMixin` runs the teacher over the whole training split ONCE at the start of fit
+(alpha_cos > 0) or a layer-wise objective its insides (`layerwise`), `TaskDistillationMixin` runs the teacher over the
+whole training split ONCE at the start of fit
 (inference mode, batches of TEACHER_CACHE_BATCH_SIZE sorted by length: next to no padding,
 `LitBertDataModule.train_inference_loader`), keeps its logits as a [n_train, ...] tensor on the device, indexed by the
 batches' row column (GLUE: `example_index`, SQuAD: `feature_index`), and the training steps look them up instead of
@@ -192,7 +193,7 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
         alpha_ce: weight of the soft term on the teacher's logits (KL * T^2; MSE for regression; 0 switches it off).
         alpha_hard: weight of the gold-label loss (0 switches it off).
         cache_teacher_logits: compute the teacher's logits for the training split once per fit, not at every step
-            (used when alpha_cos is 0; see the module docstring).
+            (used when alpha_cos is 0 and no layer-wise objective is on; see the module docstring).
     """
 
     teacher_head = "ForSequenceClassification"
@@ -280,7 +281,7 @@ class QADistillationModule(TaskDistillationMixin, QuestionAnsweringModule):
         alpha_ce: weight of the soft term, KL_T on the start and end logits * T^2 (0 switches it off).
         alpha_hard: weight of the gold start/end cross-entropy (0 switches it off).
         cache_teacher_logits: compute the teacher's start and end logits of every training window once per fit
-            (used when alpha_cos is 0; see the module docstring).
+            (used when alpha_cos is 0 and no layer-wise objective is on; see the module docstring).
     """
 
     teacher_head = "ForQuestionAnswering"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lightning_modules.layerwise_losses import OBJECTIVES, SAME_HEADS, LayerwiseInputs
-from models.attention_hooks import (QKVRecord, attention_heads, capture_qkv, check_absolute_positions, encoder_layers,
+from models.attention_hooks import (QKVRecord, attention_heads, capture_qkv, check_attention_scores, encoder_layers,
                                     qkv_projections)
 
 
@@ -78,12 +78,13 @@ class LayerwiseMixin:
             self.projections["hidden"] = nn.Linear(student.hidden_size, teacher.hidden_size)
 
     def check_layerwise_models(self) -> None:
-        """Errors before training: head counts, relation heads, positions, layers that attention_mse needs."""
+        """Errors before training: layouts, positions, head counts, relation heads, layers that attention_mse needs."""
         names, student, teacher = set(self.layerwise), self.model.config, self.teacher.config
-        if names - {"hidden_mse"}:  # the objectives that read q/k/v: a known layout and q k^T as the whole score
-            for model in (self.model, self.teacher):
-                check_absolute_positions(model)
+        for model in (self.model, self.teacher):
+            if names - {"hidden_mse"}:  # the objectives that read q/k/v: a layout models/attention_hooks.py knows
                 qkv_projections(encoder_layers(model)[0])
+            if names & {"attention_mse", "attention_kl"}:  # and those that read the scores: q k^T the whole score
+                check_attention_scores(model)
         same = sorted(names & set(SAME_HEADS))
         if same and attention_heads(self.model) != attention_heads(self.teacher):
             raise ValueError(f"{same} compare attention heads one to one, but the student has "

@@ -19,6 +19,15 @@ from models.student import extract_student
 
 SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 WIDTH_KEYS = SIZE_KEYS[1:]
+# config attributes of families that name a size otherwise (DistilBERT maps the other three itself: attribute_map)
+SIZE_ALIASES = {"intermediate_size": "hidden_dim"}
+# config attributes that follow a size when the teacher had them equal to it (DeBERTa-v2's pooler width)
+FOLLOWERS = {"pooler_hidden_size": "hidden_size"}
+
+
+def size_attribute(config, key: str) -> str:
+    """The config attribute that holds size `key` (e.g. DistilBERT's feed-forward width is `hidden_dim`)."""
+    return key if hasattr(config, key) or key not in SIZE_ALIASES else SIZE_ALIASES[key]
 
 
 def sized_config(teacher: PreTrainedModel, size: Mapping[str, int]):
@@ -30,7 +39,10 @@ def sized_config(teacher: PreTrainedModel, size: Mapping[str, int]):
     for key, value in size.items():
         if int(value) <= 0:
             raise ValueError(f"student_size: {key} must be > 0, got {value}")
-        setattr(config, key, int(value))
+        setattr(config, size_attribute(config, key), int(value))
+    for follower, key in FOLLOWERS.items():
+        if getattr(teacher.config, follower, None) == getattr(teacher.config, key):
+            setattr(config, follower, getattr(config, key))
     if config.hidden_size % config.num_attention_heads:
         raise ValueError(f"student_size: hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
                          f"{config.num_attention_heads}")
@@ -39,7 +51,9 @@ def sized_config(teacher: PreTrainedModel, size: Mapping[str, int]):
 
 def widths_match(teacher: PreTrainedModel, size: Mapping[str, int]) -> bool:
     """True when the student differs from the teacher in depth only (its layers can be copied)."""
-    return all(int(size.get(k, getattr(teacher.config, k))) == getattr(teacher.config, k) for k in WIDTH_KEYS)
+    config = teacher.config
+    current = {k: getattr(config, size_attribute(config, k)) for k in WIDTH_KEYS}
+    return all(int(size.get(k, value)) == value for k, value in current.items())
 
 
 def copied_layers(teacher: PreTrainedModel, size: Mapping[str, int],
@@ -83,5 +97,6 @@ def size_description(teacher: PreTrainedModel, student: PreTrainedModel, copied:
     """For logs and model cards, e.g. 'RobertaForMaskedLM (2 layers, hidden 128, 4 heads, ffn 512), random init'."""
     c = student.config
     how = "layers copied from the teacher" if copied else "random init"
+    ffn = getattr(c, size_attribute(c, "intermediate_size"))
     return (f"{type(student).__name__} ({c.num_hidden_layers} layers, hidden {c.hidden_size}, "
-            f"{c.num_attention_heads} heads, ffn {c.intermediate_size}) from {type(teacher).__name__}, {how}")
+            f"{c.num_attention_heads} heads, ffn {ffn}) from {type(teacher).__name__}, {how}")

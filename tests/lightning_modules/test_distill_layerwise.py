@@ -11,8 +11,12 @@ from transformers import AutoModelForMaskedLM
 import train
 from lightning_modules.distill import MaskedLMDistillationModule
 from lightning_modules.layerwise_losses import OBJECTIVES
+from models.convert import hf_model_from_checkpoint
 from tests.lightning_modules.test_distill import masked_batches, module
-from tests.lightning_modules.test_distill_glue import glue_args, tiny_bert_sst2_teacher  # noqa: F401 (fixture)
+from tests.lightning_modules.test_distill_glue import glue_args
+from tests.lightning_modules.test_distill_glue import tiny_bert_sst2_teacher as _teacher_fixture
+
+tiny_bert_sst2_teacher = _teacher_fixture  # the GLUE tests' teacher fixture, used here by name
 
 ROOT = Path(__file__).resolve().parents[2]
 NARROW = {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 4, "intermediate_size": 32}
@@ -121,6 +125,8 @@ def test_config_trains_and_exports_the_plain_student(tmp_path, data_dir, tiny_ro
     state_keys = set(ckpt["state_dict"])
     assert any(k.startswith("model.") for k in state_keys) and not any(k.startswith("teacher.") for k in state_keys)
     assert any(k.startswith("projections.") for k in state_keys) == (config == "tinybert_general")
+    rebuilt = hf_model_from_checkpoint(ckpt)  # scripts/convert_checkpoint.py: the student alone, no projection
+    assert type(rebuilt).__name__ == "RobertaForMaskedLM" and rebuilt.config.hidden_size == width
     export = tmp_path / "export" / "last"
     weights = load_file(export / "model.safetensors")
     assert not any("projection" in k or k.startswith("teacher") for k in weights)

@@ -2,11 +2,12 @@
 SDPA captures the same q/k/v as eager, and the hooks leave the forward and the model unchanged."""
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM, RobertaConfig, \
-    RobertaForMaskedLM
+from transformers import (AlbertConfig, AlbertForMaskedLM, BertConfig, BertForMaskedLM, DebertaV2Config,
+                          DebertaV2ForMaskedLM, DistilBertConfig, DistilBertForMaskedLM, ElectraConfig,
+                          ElectraForMaskedLM, RobertaConfig, RobertaForMaskedLM)
 
 from lightning_modules.layerwise_losses import masked_log_softmax, scaled_dot_scores
-from models.attention_hooks import capture_qkv, check_absolute_positions
+from models.attention_hooks import capture_qkv, check_attention_scores
 
 SIZE = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
             max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -20,6 +21,15 @@ def build(family: str, attn: str):
     elif family == "roberta":
         config = RobertaConfig(**SIZE, pad_token_id=1)
         cls = RobertaForMaskedLM
+    elif family == "electra":
+        config = ElectraConfig(**SIZE, embedding_size=8)
+        cls = ElectraForMaskedLM
+    elif family == "albert":  # one layer group shared by the 3 layers
+        config = AlbertConfig(**SIZE, embedding_size=8, num_hidden_groups=1)
+        cls = AlbertForMaskedLM
+    elif family == "deberta-v2":  # relative attention: the projections run again on the position embeddings
+        config = DebertaV2Config(**SIZE, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=8)
+        cls = DebertaV2ForMaskedLM
     else:
         config = DistilBertConfig(vocab_size=50, dim=16, n_layers=3, n_heads=4, hidden_dim=32,
                                   max_position_embeddings=40, dropout=0.0, attention_dropout=0.0)
@@ -35,7 +45,7 @@ def batch():
     return ids, mask
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra", "albert"])
 def test_hooked_qkv_give_the_eager_attention_weights_and_sdpa_the_same_qkv(family):
     ids, mask = batch()
     eager = build(family, "eager")
@@ -68,8 +78,33 @@ def test_hooks_are_removed_and_keep_the_graph():
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def test_albert_shared_layers_and_deberta_repeated_calls():
+    """ALBERT: the shared projections' n-th call is layer n; DeBERTa-v2: only the call on the hidden states counts."""
+    ids, mask = batch()
+    albert = build("albert", "sdpa")
+    with torch.no_grad(), capture_qkv(albert) as record:
+        out = albert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    query = albert.albert.encoder.albert_layer_groups[0].albert_layers[0].attention.query
+    for layer in range(3):  # layer i's input is hidden_states[i]
+        torch.testing.assert_close(record.qkv(layer)[0], query(out.hidden_states[layer]))
+    deberta = build("deberta-v2", "eager")
+    inputs = []
+    attention = deberta.deberta.encoder.layer[1].attention.self
+    handle = attention.register_forward_pre_hook(lambda _m, args, kwargs: inputs.append(kwargs.get(
+        "hidden_states", args[0] if args else None)), with_kwargs=True)
+    with torch.no_grad(), capture_qkv(deberta, layers=[1]) as record:
+        deberta(input_ids=ids, attention_mask=mask)
+    handle.remove()
+    q, k, v = record.qkv(1)
+    assert q.shape == (2, 7, 16)
+    torch.testing.assert_close(q, attention.query_proj(inputs[0]))
+    torch.testing.assert_close(v, attention.value_proj(inputs[0]))
+    with pytest.raises(ValueError, match="relations"):
+        check_attention_scores(deberta)
+
+
 def test_relative_positions_are_refused():
     config = BertConfig(**SIZE)
     config.position_embedding_type = "relative_key"
     with pytest.raises(ValueError, match="absolute positions"):
-        check_absolute_positions(BertForMaskedLM(config))
+        check_attention_scores(BertForMaskedLM(config))
