@@ -153,3 +153,18 @@ def test_glue_distillation_with_layerwise_objectives(tmp_path, data_dir, tiny_be
     batch = {"input_ids": torch.ones(2, 5, dtype=torch.long)}
     assert module_.internals_on() and module_.last_layer_rows(module_.student, batch) is None
     assert "projections.hidden.weight" in module_.state_dict()
+
+
+def test_objectives_under_bf16_autocast_match_fp32(tiny_roberta_dir):
+    """bf16-mixed (the GPU default): hooked q/k/v and projections come in bf16, the losses are taken in fp32."""
+    batch = masked_batches(tiny_roberta_dir, n_batches=1)[0]
+    m = module(tiny_roberta_dir, student_size=NARROW, alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=0.0,
+               layerwise={name: 1.0 for name in OBJECTIVES})
+    full = m.distillation_terms(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = m.distillation_terms(batch)
+    mixed["total"].backward()
+    for name in OBJECTIVES:
+        assert mixed[name].dtype == torch.float32
+        assert mixed[name].item() == pytest.approx(full[name].item(), rel=0.1, abs=1e-4), name
+    assert all(torch.isfinite(p.grad).all() for p in m.projections.parameters())
