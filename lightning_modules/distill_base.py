@@ -58,7 +58,7 @@ class StudentSpec:
 
     teacher: str
     student: str | None
-    student_layers: list[int] | None
+    student_layers: list[int] | str | None  # a list, or a named map models/student.py resolves
     student_architecture: str
     random_init: bool
     fold_token_type: bool
@@ -114,8 +114,8 @@ class DistillationMixin(LayerwiseMixin, FlopsPerBatchMixin):
             raise ValueError("student_size builds a student of the teacher's class: leave student_architecture "
                              f"'auto' (got {student_architecture!r})")
         # a plain attribute set before nn.Module.__init__: the parent's constructor reads it in build_model
-        self.student_spec = StudentSpec(teacher, student, None if student_layers is None else list(student_layers),
-                                        student_architecture, random_init, fold_token_type,
+        layers = student_layers if student_layers is None or isinstance(student_layers, str) else list(student_layers)
+        self.student_spec = StudentSpec(teacher, student, layers, student_architecture, random_init, fold_token_type,
                                         dict(student_size) if student_size else None)
 
     def build_model(self, *args, **kwargs):
