@@ -8,16 +8,15 @@ evaluation, metrics, prediction files and export:
     MaskedLMDistillationModule       <- lightning_modules.mlm.MaskedLMModule          (this file)
     GLUEDistillationModule           <- lightning_modules.finetune.SequenceClassificationModule (distill_tasks.py)
     QADistillationModule             <- lightning_modules.qa.QuestionAnsweringModule   (distill_tasks.py)
-The parent's constructor loads the *teacher* (from `teacher`) as its model; `DistillationMixin` then moves it to
-`self.teacher` (frozen, eval mode, no gradients, never in a checkpoint: see `HFCheckpointMixin`) and puts the student
-(extracted from the teacher by `models.student.extract_student`, or loaded from `student`) in `self.model`, the model
-that trains, validates and is exported. Loss terms are in `distill_losses.py`; `callbacks.temperature` anneals
-`self.temperature`.
+The teacher and the student are composed by `DistillationMixin` (lightning_modules/distill_base.py): the parent's
+constructor builds its model through `build_model`, which loads the teacher (`self.teacher`: frozen, eval mode, no
+gradients, never in a checkpoint) and returns the student (`self.model`, also `self.student`: extracted from the
+teacher's layers, built of another size, or loaded from `student`), the model that trains, validates and is exported.
+Loss terms are in `distill_losses.py`, the layer-wise objectives (TinyBERT, MiniLM, MiniLMv2) in `layerwise.py` and
+`layerwise_losses.py`; `callbacks.temperature` anneals `self.temperature`.
 """
 from __future__ import annotations
 
-import inspect
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,224 +24,16 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForMaskedLM
 
-from lightning_modules.distill_losses import cosine_hidden_loss, fused_kl_and_mlm, masked_lm_loss, soft_cross_entropy
-from lightning_modules.distributed import global_token_means, true_on_any_rank
-from lightning_modules.mlm import MaskedLMModule, batch_size
-from lightning_modules.throughput import FlopsPerBatchMixin
+from lightning_modules.distill_base import DistillationMixin, resolve_cos_pairs
+from lightning_modules.distill_losses import fused_kl_and_mlm, masked_lm_loss, soft_cross_entropy
+from lightning_modules.distributed import true_on_any_rank
+from lightning_modules.mlm import MaskedLMModule
 from models.inputs import model_inputs
-from models.flops import TRAINING_FACTOR, forward_flops
 from models.mlm import IGNORE_INDEX, lm_head_parts, split_masked_lm
-from models.pretrained import check_input_length, load_for_training
-from models.student import check_shared_vocabulary, extract_student, layer_map_description, resolve_layer_map
 
 KL_POSITIONS = ("all", "masked")
 
-
-def resolve_cos_pairs(cos_layers: str | Sequence[Sequence[int]], layer_map: list[int] | None) -> list[tuple[int, int]]:
-    """(student, teacher) indices into `hidden_states` (0 = embeddings, i = output of layer i) for the cosine loss.
-
-    "last": the last hidden states of both (DistilBERT). "mapped": every student layer with the teacher layer it was
-    copied from (needs an extracted student). A list of [student, teacher] pairs: as given.
-    """
-    if cos_layers == "last":
-        return [(-1, -1)]
-    if cos_layers == "mapped":
-        if layer_map is None:
-            raise ValueError("cos_layers: 'mapped' needs a student extracted from the teacher (student: null)")
-        return [(0, 0)] + [(s + 1, t + 1) for s, t in enumerate(layer_map)]
-    if isinstance(cos_layers, str):
-        raise ValueError(f"cos_layers {cos_layers!r}: expected 'last', 'mapped' or a list of [student, teacher] pairs")
-    pairs = [tuple(int(i) for i in pair) for pair in cos_layers]
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise ValueError(f"cos_layers {cos_layers}: expected a non-empty list of [student, teacher] index pairs")
-    return pairs
-
-
-class DistillationMixin(FlopsPerBatchMixin):
-    """Teacher handling and loss weights shared by the distillation modules. List it FIRST among the bases.
-
-    The subclass's constructor calls its parent's (which loads the teacher as `self.model`), then `init_distillation`.
-    The arguments below are documented once here for every distillation module (`--model.help` reads them).
-
-    Args:
-        teacher: the teacher's directory (a model of the module's task, e.g. an HFExport export).
-        student: a directory to start the student from (e.g. a general-distilled student); None extracts it from
-            the teacher (`models.student.extract_student`).
-        student_layers: teacher layers kept (student layer i <- teacher layer student_layers[i]), or a rule: "spread"
-            (None: the default; half the layers, first and last kept, 12 -> [0, 2, 4, 7, 9, 11] as the public
-            DistilBERT) or "every_other" (half the layers from 0: [0, 2, 4, ...]).
-        student_architecture: "auto" (BERT -> DistilBERT, RoBERTa -> RoBERTa), "distilbert" or "same".
-        random_init: the extracted student's architecture with fresh weights (ablation).
-        fold_token_type: BERT -> DistilBERT: fold token_type_embeddings[0] into the position embeddings.
-        temperature: softmax temperature of the KL term (annealed by `callbacks.temperature.TemperatureAnnealing`).
-        alpha_ce: weight of the soft (KL * T^2) term on the teacher's outputs (0 switches it off).
-        alpha_cos: weight of the cosine term between student and teacher hidden states (0 switches it off).
-        cos_layers: "last", "mapped" or a list of [student, teacher] hidden-state index pairs for the cosine term.
-    """
-
-    # the head a teacher must have been trained with, per module (checked on `config.architectures`)
-    teacher_head: str = ""
-
-    def init_distillation(self, teacher: str, student: str | None, student_layers: list[int] | str | None,
-                          student_architecture: str, random_init: bool, fold_token_type: bool, temperature: float,
-                          alpha_ce: float, alpha_cos: float, cos_layers, auto_class, student_kwargs: dict) -> None:
-        for name, alpha in (("alpha_ce", alpha_ce), ("alpha_cos", alpha_cos)):
-            if alpha < 0:
-                raise ValueError(f"{name} must be >= 0, got {alpha}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        teacher_model = self.model
-        architectures = teacher_model.config.architectures or []
-        if architectures and not any(a.endswith(self.teacher_head) for a in architectures):
-            raise ValueError(f"the teacher {teacher!r} is a {architectures[0]}, not a *{self.teacher_head} model: "
-                             f"give a teacher trained with that head (e.g. a directory exported by the "
-                             f"{'MLM pretraining' if self.teacher_head == 'ForMaskedLM' else 'fine-tuning'} run)")
-        teacher_model.eval().requires_grad_(False)
-        if student is not None:
-            if student_layers is not None or random_init:
-                raise ValueError("student_layers and random_init build a student from the teacher; "
-                                 "leave them unset when `student` names a directory")
-            student_model = load_for_training(auto_class, student, **student_kwargs)
-            self.layer_map = None
-        else:
-            self.layer_map = resolve_layer_map(teacher_model.config.num_hidden_layers, student_layers)
-            student_model = extract_student(teacher_model, self.layer_map, random_init, student_architecture,
-                                            fold_token_type)
-        check_shared_vocabulary(teacher_model, student_model, teacher, student)
-        self.teacher_path, self.student_path = teacher, student
-        self.teacher = teacher_model
-        self.model = student_model  # replaces the teacher as the model that trains and is exported
-        self.temperature = float(temperature)  # annealed by callbacks.temperature.TemperatureAnnealing
-        self.cos_pairs = resolve_cos_pairs(cos_layers, self.layer_map)
-
-    def save_own_hyperparameters(self) -> None:
-        """Keep only this class's constructor arguments in `hparams` (not the parent's, e.g. `pretrained`, which
-        would break `load_from_checkpoint`). The parent's constructor already saved them all (LightningCLI's given
-        arguments, or every __init__ frame's); call this right after it."""
-        own = set(inspect.signature(type(self).__init__).parameters)
-        self.remove_ignored_hparams([k for k in self.hparams if k not in own and not k.startswith("_")])
-
-    # ---- the teacher stays frozen and in eval mode -----------------------------------------------------------------
-    def train(self, mode: bool = True):
-        """Lightning calls .train() on the whole module (each epoch, after validation): keep the teacher in eval."""
-        super().train(mode)
-        if getattr(self, "teacher", None) is not None:
-            self.teacher.eval()
-        return self
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self.teacher.eval()
-
-    def input_option(self) -> str:
-        """The option that chose the student (`self.model`), named by the checks in `setup`."""
-        if self.student_path is not None:
-            return f"model.init_args.student={self.student_path}"
-        return f"model.init_args.teacher={self.teacher_path}"
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None:  # before training starts: the data must speak the teacher's vocabulary
-            check_shared_vocabulary(self.teacher, self.model, self.teacher_path, self.student_path, tokenizer)
-        # the teacher reads the same inputs as the student (checked by the parent's setup)
-        check_input_length(self.teacher, getattr(datamodule, "max_seq_length", None),
-                           f"model.init_args.teacher={self.teacher_path}")
-        super().setup(stage)
-
-    # ---- shared pieces of the loss ---------------------------------------------------------------------------------
-    def cosine_term(self, student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
-                    attention_mask: torch.Tensor) -> torch.Tensor:
-        pairs = self.cos_pairs
-        return cosine_hidden_loss([student_hidden[s] for s, _ in pairs], [teacher_hidden[t] for _, t in pairs],
-                                  attention_mask)
-
-    @staticmethod
-    def term_key(stage: str, name: str) -> str:
-        """`<stage>/loss` for the total, `<stage>/loss_<name>` (loss_ce, loss_cos, ...) for a term."""
-        return f"{stage}/loss" if name == "total" else f"{stage}/loss_{name}"
-
-    def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log every loss term of a training step separately (`term_key`), synced: under DDP the mean over ranks."""
-        for name, value in terms.items():
-            self.log(self.term_key(stage, name), value.detach(), prog_bar=name == "total", batch_size=batch_size,
-                     on_step=True, on_epoch=False, add_dataloader_idx=False, sync_dist=True)
-
-    def weighted_total(self, terms: dict[str, torch.Tensor],
-                       token_counts: dict[str, int | torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Add `terms["total"]` = sum over the terms of `alpha_<name> * term` (alpha_ce, alpha_mlm, alpha_hard, ...).
-
-        `token_counts` names the terms that are means over tokens/positions of the local batch, with their counts:
-        in the training loop these are first rescaled by `lightning_modules.distributed.global_token_means`, so that
-        under DDP they are means over the tokens of all ranks' batches (one process: unchanged). Terms averaged over
-        examples need nothing: every rank's training batch has the same number of examples.
-        """
-        trainer = self._trainer
-        if token_counts and trainer is not None and trainer.training:
-            names = list(token_counts)
-            scaled = global_token_means(self, [terms[n] for n in names], [token_counts[n] for n in names])
-            terms.update(zip(names, scaled))
-        terms["total"] = sum(self.hparams[f"alpha_{name}"] * value for name, value in terms.items())
-        return terms
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.distillation_terms(batch)
-        self.log_terms("train", terms, batch_size(batch))
-        return terms["total"]
-
-    # ---- FLOPs per batch (ThroughputMonitor: flops/s and MFU; see lightning_modules/throughput.py) ------------
-    def distillation_head_positions(self, batch: dict) -> int | None:
-        """Positions where `distillation_terms` runs the MLM heads (None: the model's own head, task modules)."""
-        return None
-
-    def last_layer_rows(self, model, batch: dict) -> int | None:
-        """Query rows `model`'s last layer computes in `distillation_terms` (None: every position; see
-        models/last_layer.py)."""
-        return None
-
-    def model_flops(self, model, batch: dict) -> int:
-        """Forward FLOPs of `model` (student or teacher) in `distillation_terms` on this batch."""
-        batch_size_, seq_len = batch["input_ids"].shape
-        return forward_flops(model, batch_size_, seq_len, self.distillation_head_positions(batch),
-                             self.last_layer_rows(model, batch))
-
-    def distillation_flops(self, batch: dict) -> int:
-        """Forward FLOPs of `distillation_terms`: the student's forward plus the frozen teacher's (both [B, L])."""
-        return self.model_flops(self.model, batch) + self.model_flops(self.teacher, batch)
-
-    def batch_flops(self, batch: dict, stage: str) -> int:
-        """Training: the student's forward and backward (3x its forward) plus the teacher's forward (1x, no backward).
-        Evaluation (the parent module's, on the student): the student's forward."""
-        student = self.model_flops(self.model, batch)
-        if stage == "train":
-            return TRAINING_FACTOR * student + self.model_flops(self.teacher, batch)
-        return student
-
-    def model_card_info(self) -> dict[str, Any]:
-        """The parent module's model card, with the student's teacher, layer map and distillation recipe merged in."""
-        info = super().model_card_info()
-        card = self.distillation_card()
-        info["recipe"] = {**info.get("recipe", {}), **card.pop("recipe")}
-        info["recipe"].pop("base_model", None)  # the fine-tuning module's name for the teacher
-        task = getattr(self, "task_name", None)
-        on_task = f" on {task}" if task else ""
-        info.update(card, description=f"{type(self.model).__name__} distilled{on_task} from the teacher "
-                                      f"{self.teacher_path} (DistilBERT recipe).")
-        return info
-
-    def distillation_card(self) -> dict[str, Any]:
-        """Model-card facts of a student: teacher, layer map and distillation recipe."""
-        hp = self.hparams
-        recipe = {k: hp[k] for k in ("temperature", "alpha_ce", "alpha_cos", "alpha_mlm", "alpha_hard",
-                                     "kl_positions", "cos_layers", "random_init") if k in hp}
-        recipe["student"] = layer_map_description(self.teacher, self.model, self.layer_map) if self.layer_map \
-            else f"loaded from {self.student_path}"
-        if self.layer_map is not None:  # None chose the default rule: name it (the default changed in issue 13)
-            recipe["student_layers"] = hp.get("student_layers") or "spread"
-        info = {"teacher": str(self.teacher_path), "recipe": recipe, "tags": ["distillation"]}
-        if self.layer_map is not None:
-            info["layer_map"] = list(self.layer_map)
-        return info
+__all__ = ["DistillationMixin", "MaskedLMDistillationModule", "resolve_cos_pairs"]
 
 
 class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
@@ -265,26 +56,34 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
     """
 
     teacher_head = "ForMaskedLM"
+    student_auto_class = AutoModelForMaskedLM
 
     def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 5.0, alpha_mlm: float = 2.0, alpha_cos: float = 1.0,
-                 kl_positions: str = "all", cos_layers: str | list[list[int]] = "last", lr: float = 5e-4,
-                 weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
+                 kl_positions: str = "all", cos_layers: str | list[list[int]] = "last",
+                 student_size: dict[str, int] | None = None, layerwise: dict[str, float] | None = None,
+                 layerwise_layers: str | list[list[int]] = "auto", relation_heads: int | None = None,
+                 relation_teacher_layer: int = -1, lr: float = 5e-4, weight_decay: float = 0.01,
+                 betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
                  warmup_steps: int | None = None, warmup_ratio: float | None = 0.05, sparse_prediction: bool = True,
                  fused_lm_loss: bool = True, vocab_size: int | None = None, pad_token_id: int | None = None):
         if kl_positions not in KL_POSITIONS:
             raise ValueError(f"kl_positions {kl_positions!r}: expected one of {KL_POSITIONS}")
         if alpha_mlm < 0:
             raise ValueError(f"alpha_mlm must be >= 0, got {alpha_mlm}")
+        self.set_student_spec(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
+                              student_size)
         super().__init__(vocab_size=vocab_size, pad_token_id=pad_token_id, pretrained=teacher, lr=lr,
                          weight_decay=weight_decay, betas=betas, eps=eps, warmup_steps=warmup_steps,
                          warmup_ratio=warmup_ratio, sparse_prediction=sparse_prediction)
         self.save_own_hyperparameters()
-        self.init_distillation(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
-                               temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForMaskedLM, {})
+        self.init_distillation(temperature, alpha_ce, alpha_cos, cos_layers, layerwise, layerwise_layers,
+                               relation_heads, relation_teacher_layer)
+        for model in (self.teacher, self.model):  # before training: encoders and LM heads this module can run
+            split_masked_lm(model)
         # validation means of the terms over all their tokens (independent of batching, exact across processes)
-        self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in ("ce", "mlm", "cos")})
+        self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in self.term_names()})
         self.fused_workspace: dict = {}  # fused_kl_and_mlm's buffers, reused from step to step (not in checkpoints)
 
     @staticmethod
@@ -293,11 +92,6 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         encoder, _ = split_masked_lm(model)
         out = encoder(**model_inputs(encoder, batch), output_hidden_states=hidden_states, return_dict=True)
         return out.last_hidden_state, out.hidden_states if hidden_states else (out.last_hidden_state,)
-
-    def selected_outputs(self, model, batch: dict, selected: torch.Tensor, hidden_states: bool):
-        """(logits [n_selected, V] at the `selected` [B, L] positions, hidden states tuple or (last,))."""
-        last, hidden = self.encode(model, batch, hidden_states)
-        return split_masked_lm(model)[1](last[selected]), hidden
 
     def fused_head_parts(self) -> tuple | None:
         """((student transform, projection), (teacher transform, projection)) when `fused_lm_loss` applies: both
@@ -310,34 +104,66 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
             return None
         return parts
 
+    def lm_terms_on(self) -> bool:
+        """Whether the KL and MLM terms (the LM heads of both models) are computed: off when both weights are 0
+        (e.g. TinyBERT's or MiniLM's general distillation, layer-wise objectives only)."""
+        return self.hparams.alpha_ce > 0 or self.hparams.alpha_mlm > 0
+
+    def cosine_computed(self) -> bool:
+        """Whether the cosine term is computed (and logged): switched on, or free to watch (the widths match)."""
+        return self.hparams.alpha_cos > 0 or self.model.config.hidden_size == self.teacher.config.hidden_size
+
+    def term_names(self) -> list[str]:
+        """The terms `terms_and_counts` returns, in order."""
+        names = ["ce", "mlm"] if self.lm_terms_on() else []
+        return names + (["cos"] if self.cosine_computed() else []) + list(self.layerwise)
+
     def distillation_terms(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.weighted_total(*self.terms_and_counts(batch))
 
     def terms_and_counts(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The KL, MLM and cosine terms (token means) and the number of tokens/positions each averages over."""
+        """The KL, MLM, cosine and layer-wise terms (token means) and the number of tokens/positions each averages
+        over."""
         labels, attention_mask = batch["labels"], batch["attention_mask"]
         masked = labels != IGNORE_INDEX  # [B, L]
         selected = attention_mask.bool() if self.hparams.kl_positions == "all" else masked
-        hidden = self.cos_pairs != [(-1, -1)]  # all hidden states only when layers other than the last are compared
+        # all hidden states only when layers other than the last are compared
+        hidden = self.cos_pairs != [(-1, -1)] or self.layerwise_needs_hidden()
+        with self.capture(self.model) as student_qkv:  # the layers' q/k/v when a layer-wise objective reads them
+            student_last, student_hidden = self.encode(self.model, batch, hidden)
+        with torch.no_grad(), self.capture(self.teacher) as teacher_qkv:
+            teacher_last, teacher_hidden = self.encode(self.teacher, batch, hidden)
+        terms, counts = {}, {}
+        if self.lm_terms_on():
+            terms["ce"], terms["mlm"] = self.lm_terms(student_last, teacher_last, labels, selected)
+            counts.update(ce=selected.sum(), mlm=(labels[selected] != IGNORE_INDEX).sum())
+        if self.cosine_computed():
+            terms["cos"] = self.cosine_term(student_hidden, teacher_hidden, attention_mask)
+            counts["cos"] = attention_mask.sum()
+        layerwise = self.layerwise_terms(student_hidden, teacher_hidden, student_qkv, teacher_qkv, attention_mask)
+        terms.update(layerwise)
+        counts.update({name: attention_mask.sum() for name in layerwise})  # token means (DDP: global_token_means)
+        return terms, counts
+
+    def lm_terms(self, student_last: torch.Tensor, teacher_last: torch.Tensor, labels: torch.Tensor,
+                 selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(KL at T times T^2, MLM cross-entropy) from the last hidden states [B, L, H] at the `selected` [B, L]
+        positions."""
         parts = self.fused_head_parts()
         if parts is None:  # the heads' logits [n_selected, V], then the loss functions
-            student_logits, student_hidden = self.selected_outputs(self.model, batch, selected, hidden)
+            student_logits = split_masked_lm(self.model)[1](student_last[selected])
             with torch.no_grad():
-                teacher_logits, teacher_hidden = self.selected_outputs(self.teacher, batch, selected, hidden)
+                teacher_logits = split_masked_lm(self.teacher)[1](teacher_last[selected])
             ce = soft_cross_entropy(student_logits, teacher_logits, self.temperature)
             mlm = masked_lm_loss(student_logits, labels[selected])  # -100 rows (unmasked) are skipped
         else:  # the heads' features [n_selected, H]; the projections and both terms chunk by chunk
             (student_transform, student_proj), (teacher_transform, teacher_proj) = parts
-            student_last, student_hidden = self.encode(self.model, batch, hidden)
             with torch.no_grad():
-                teacher_last, teacher_hidden = self.encode(self.teacher, batch, hidden)
                 teacher_x = teacher_transform(teacher_last[selected])
             ce, mlm = fused_kl_and_mlm(student_transform(student_last[selected]), student_proj, teacher_x,
                                        teacher_proj, labels[selected], self.temperature,
                                        workspace=self.fused_workspace)
-        terms = {"ce": ce, "mlm": mlm, "cos": self.cosine_term(student_hidden, teacher_hidden, attention_mask)}
-        counts = {"ce": selected.sum(), "mlm": (labels[selected] != IGNORE_INDEX).sum(), "cos": attention_mask.sum()}
-        return terms, counts
+        return ce, mlm
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)  # the student's MLM loss, perplexity and accuracy
@@ -351,13 +177,15 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:
-        """Log `val_distill/loss_{ce,mlm,cos}` (means over the tokens of the whole validation run, synced across
-        processes) and `val_distill/loss` = the alpha-weighted sum of those."""
+        """Log `val_distill/loss_<term>` (ce, mlm, cos, layer-wise: means over the tokens of the whole validation run,
+        synced across processes) and `val_distill/loss` = the weighted sum of those."""
         super().on_validation_epoch_end()
         means = self.val_distill_means
-        if true_on_any_rank(self, means["ce"].update_count > 0):  # decided together: compute() is a collective
+        first = next(iter(means.values()), None)
+        # decided together: compute() is a collective
+        if first is not None and true_on_any_rank(self, first.update_count > 0):
             values = {name: metric.compute() for name, metric in means.items()}
-            values["total"] = sum(self.hparams[f"alpha_{name}"] * value for name, value in values.items())
+            values["total"] = sum(self.term_weight(name) * value for name, value in values.items())
             for name, value in values.items():
                 self.log(self.term_key("val_distill", name), value, add_dataloader_idx=False)
         for metric in means.values():
@@ -365,7 +193,9 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
 
     # ---- FLOPs per batch ---------------------------------------------------------------------------------------
     def distillation_head_positions(self, batch: dict) -> int:
-        """The KL term's positions: every non-padded one (kl_positions "all") or the masked ones."""
+        """The KL term's positions: every non-padded one (kl_positions "all") or the masked ones (0: no LM term)."""
+        if not self.lm_terms_on():
+            return 0
         if self.hparams.kl_positions == "all":
             return int(batch["attention_mask"].sum())
         return int((batch["labels"] != IGNORE_INDEX).sum())

@@ -7,7 +7,8 @@ and the model card are the fine-tuning modules' (the student is `self.model`).
 
 Cached teacher logits (`cache_teacher_logits`, on by default): the teacher is frozen and in eval mode (no dropout), so
 its logits for a training example are the same in every epoch. Unless the cosine term needs its hidden states
-(alpha_cos > 0), `TaskDistillationMixin` runs the teacher over the whole training split ONCE at the start of fit
+(alpha_cos > 0) or a layer-wise objective its insides (`layerwise`), `TaskDistillationMixin` runs the teacher over the
+whole training split ONCE at the start of fit
 (inference mode, batches of TEACHER_CACHE_BATCH_SIZE sorted by length: next to no padding,
 `LitBertDataModule.train_inference_loader`), keeps its logits as a [n_train, ...] tensor on the device, indexed by the
 batches' row column (GLUE: `example_index`, SQuAD: `feature_index`), and the training steps look them up instead of
@@ -25,7 +26,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from lightning_modules.distill import DistillationMixin
+from lightning_modules.distill_base import DistillationMixin
 from lightning_modules.distill_losses import (classification_hard_loss, qa_hard_loss, qa_soft_loss,
                                               regression_soft_loss, soft_cross_entropy)
 from lightning_modules.distributed import gather_rows
@@ -33,6 +34,7 @@ from lightning_modules.finetune import SequenceClassificationModule
 from lightning_modules.qa import QuestionAnsweringModule
 from models.flops import forward_flops
 from models.inputs import model_inputs
+from models.attention_hooks import QKVRecord
 from models.last_layer import trimmable
 
 TEACHER_CACHE_BATCH_SIZE = 256  # rows per teacher forward when caching (no gradients kept: far more than training's)
@@ -76,33 +78,57 @@ class TaskDistillationMixin(DistillationMixin):
         """Whether the cosine term counts (it then needs both models' hidden states at every step)."""
         return self.hparams.alpha_cos > 0
 
-    def teacher_outputs(self, batch: dict) -> tuple[torch.Tensor, tuple | None]:
-        """(teacher logits, teacher hidden states when `cosine_on`, else None) for a batch."""
+    def internals_on(self) -> bool:
+        """Whether a term reads the models' insides (hidden states, q/k/v): the cosine or a layer-wise term. Then
+        the teacher runs at every step (no cache) and the last layer runs at every position (no fast path)."""
+        return self.cosine_on() or self.layerwise_on
+
+    def hidden_states_on(self) -> bool:
+        """Whether a term reads the hidden states of every layer (cosine, hidden_mse)."""
+        return self.cosine_on() or self.layerwise_needs_hidden()
+
+    def student_forward(self, batch: dict):
+        """(the student's output, its q/k/v record): with every hidden state when a term reads them."""
+        with self.capture(self.model) as qkv:
+            out = self.model(**model_inputs(self.model, batch), output_hidden_states=self.hidden_states_on())
+        return out, qkv
+
+    def teacher_outputs(self, batch: dict) -> tuple[torch.Tensor, tuple | None, QKVRecord]:
+        """(teacher logits, teacher hidden states when a term reads them else None, its q/k/v record) for a batch."""
         training = self._trainer is None or self.trainer.training  # evaluation batches number another split
         if self.teacher_cache is not None and training:
             logits = self.teacher_cache[batch[self.teacher_cache_column]]
-            return (unpack_tokens(logits, batch["attention_mask"]) if self.per_token_logits else logits), None
-        with torch.no_grad():
-            out = self.teacher_forward(batch, hidden_states=self.cosine_on())
-        return self.teacher_logits_of(out), out.hidden_states if self.cosine_on() else None
+            return (unpack_tokens(logits, batch["attention_mask"]) if self.per_token_logits else logits), None, \
+                QKVRecord()
+        with torch.no_grad(), self.capture(self.teacher) as qkv:
+            out = self.teacher_forward(batch, full=self.internals_on())
+        return self.teacher_logits_of(out), out.hidden_states if self.hidden_states_on() else None, qkv
 
-    def teacher_forward(self, batch: dict, hidden_states: bool = False):
-        """The teacher's model output on a batch (hidden states of every layer only when asked)."""
-        return self.teacher(**model_inputs(self.teacher, batch), output_hidden_states=hidden_states)
+    def teacher_forward(self, batch: dict, full: bool = False):
+        """The teacher's model output on a batch (hidden states of every layer when a term reads them; `full`:
+        every position of every layer, for the terms that read the models' insides)."""
+        return self.teacher(**model_inputs(self.teacher, batch), output_hidden_states=self.hidden_states_on())
 
-    def with_cosine_term(self, terms: dict[str, torch.Tensor], student, teacher_hidden: tuple | None,
-                         attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`weighted_total` of the terms (means over examples) plus, when `cosine_on`, the cosine term (a mean over
-        tokens). With alpha_cos 0 it is neither computed nor logged: it would need the hidden states of both models."""
-        if not self.cosine_on():
-            return self.weighted_total(terms)
-        terms["cos"] = self.cosine_term(student.hidden_states, teacher_hidden, attention_mask)
-        return self.weighted_total(terms, {"cos": attention_mask.sum()})
+    def with_internal_terms(self, terms: dict[str, torch.Tensor], student, student_qkv: QKVRecord,
+                            teacher_hidden: tuple | None, teacher_qkv: QKVRecord,
+                            attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`weighted_total` of the terms (means over examples) plus, when on, the cosine term and the layer-wise terms
+        (means over tokens). A term switched off is neither computed nor logged: it would need both models' insides."""
+        counts = {}
+        if self.cosine_on():
+            terms["cos"] = self.cosine_term(student.hidden_states, teacher_hidden, attention_mask)
+            counts["cos"] = attention_mask.sum()
+        layerwise = self.layerwise_terms(student.hidden_states, teacher_hidden, student_qkv, teacher_qkv,
+                                         attention_mask)
+        terms.update(layerwise)
+        counts.update({name: attention_mask.sum() for name in layerwise})
+        return self.weighted_total(terms, counts or None)
 
     def use_teacher_cache(self) -> bool:
-        """Cache at this fit: switched on, no cosine term, a DataModule that numbers its training rows, and a run
-        that trains on at least one epoch's examples (a shorter one costs less with the per-step forward)."""
-        if not self.hparams.cache_teacher_logits or self.cosine_on():
+        """Cache at this fit: switched on, no term that reads the teacher's insides, a DataModule that numbers its
+        training rows, and a run that trains on at least one epoch's examples (a shorter one costs less with the
+        per-step forward)."""
+        if not self.hparams.cache_teacher_logits or self.internals_on():
             return False
         trainer = self.trainer
         datamodule = getattr(trainer, "datamodule", None)
@@ -167,17 +193,23 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
         alpha_ce: weight of the soft term on the teacher's logits (KL * T^2; MSE for regression; 0 switches it off).
         alpha_hard: weight of the gold-label loss (0 switches it off).
         cache_teacher_logits: compute the teacher's logits for the training split once per fit, not at every step
-            (used when alpha_cos is 0; see the module docstring).
+            (used when alpha_cos is 0 and no layer-wise objective is on; see the module docstring).
     """
 
     teacher_head = "ForSequenceClassification"
     # the parent's __init__ loads the teacher: one whose head was trained on another task cannot teach this one
     pretrained_option, other_task_head = "teacher", "refuse"
+    student_auto_class = AutoModelForSequenceClassification
+    # the label configuration the parent gave the teacher, for a student loaded from a directory
+    student_config_keys = ("num_labels", "problem_type", "id2label", "label2id")
 
     def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 1.0, alpha_hard: float = 1.0, alpha_cos: float = 0.0,
                  cos_layers: str | list[list[int]] = "last", cache_teacher_logits: bool = True,
+                 student_size: dict[str, int] | None = None, layerwise: dict[str, float] | None = None,
+                 layerwise_layers: str | list[list[int]] = "auto", relation_heads: int | None = None,
+                 relation_teacher_layer: int = -1,
                  task_name: str = "custom", num_labels: int = 2, label_names: list[str] | None = None,
                  label_display_names: list[str] | None = None, is_regression: bool = False, lr: float = 1e-4,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.05, warmup_steps: int | None = None,
@@ -186,51 +218,55 @@ class GLUEDistillationModule(TaskDistillationMixin, SequenceClassificationModule
                  output_dir: str | None = None):
         if alpha_hard < 0:
             raise ValueError(f"alpha_hard must be >= 0, got {alpha_hard}")
+        self.set_student_spec(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
+                              student_size)
         super().__init__(pretrained=teacher, task_name=task_name, num_labels=num_labels, label_names=label_names,
                          label_display_names=label_display_names, is_regression=is_regression, lr=lr,
                          weight_decay=weight_decay, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, betas=betas,
                          eps=eps, classifier_dropout=classifier_dropout, metric_names=metric_names,
                          main_metrics=main_metrics, output_dir=output_dir)
         self.save_own_hyperparameters()
-        # the same label configuration the parent gave the teacher, for a student loaded from a directory
-        student_kwargs = {k: getattr(self.model.config, k) for k in ("num_labels", "problem_type", "id2label",
-                                                                     "label2id")}
-        # a student directory whose head was trained on another task (e.g. distilled on SST-2, now RTE): a new head
-        reason = student and self.other_task_reason(student, self.model.config.num_labels, self.model.config.id2label)
+        self.init_distillation(temperature, alpha_ce, alpha_cos, cos_layers, layerwise, layerwise_layers,
+                               relation_heads, relation_teacher_layer)
+
+    def build_student(self, teacher, spec, **load_kwargs):
+        """As the mixin's; a student directory whose head was trained on another task (e.g. distilled on SST-2, now
+        RTE) gets a new head."""
+        reason = spec.student and self.other_task_reason(spec.student, teacher.config.num_labels,
+                                                         teacher.config.id2label)
         if reason:
-            student_kwargs["ignore_mismatched_sizes"] = True
-        self.init_distillation(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
-                               temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForSequenceClassification,
-                               student_kwargs)
+            load_kwargs["ignore_mismatched_sizes"] = True
+        student = super().build_student(teacher, spec, **load_kwargs)
         if reason:
-            self.new_head(self.model, student, reason)
-        self.model.config.finetuning_task = self.teacher.config.finetuning_task  # the student's export records it
+            self.new_head(student, spec.student, reason)
+        return student
 
     def teacher_logits_of(self, output) -> torch.Tensor:
         return output.logits
 
-    def teacher_forward(self, batch: dict, hidden_states: bool = False):
-        """As the mixin's; without hidden states the last layer runs at the first token only (`classify`)."""
-        if hidden_states:
-            return super().teacher_forward(batch, hidden_states)
+    def teacher_forward(self, batch: dict, full: bool = False):
+        """As the mixin's; unless `full`, the last layer runs at the first token only (`classify`)."""
+        if full:
+            return super().teacher_forward(batch, full)
         return self.classify(batch, model=self.teacher)
 
     def distillation_terms(self, batch: dict) -> dict[str, torch.Tensor]:
-        if self.cosine_on():  # the hidden states of every position and layer
-            student = self.model(**model_inputs(self.model, batch), output_hidden_states=True)
+        if self.internals_on():  # every position of every layer (hidden states, q/k/v)
+            student, student_qkv = self.student_forward(batch)
         else:
-            student = self.classify(batch)  # the last layer at the first token only (models/last_layer.py)
-        teacher_logits, teacher_hidden = self.teacher_outputs(batch)
+            student, student_qkv = self.classify(batch), QKVRecord()  # last layer at the first token only
+        teacher_logits, teacher_hidden, teacher_qkv = self.teacher_outputs(batch)
         if self.is_regression:
             soft = regression_soft_loss(student.logits, teacher_logits)
         else:
             soft = soft_cross_entropy(student.logits, teacher_logits, self.temperature)
         terms = {"ce": soft, "hard": classification_hard_loss(student.logits, batch["labels"], self.is_regression)}
-        return self.with_cosine_term(terms, student, teacher_hidden, batch["attention_mask"])
+        return self.with_internal_terms(terms, student, student_qkv, teacher_hidden, teacher_qkv,
+                                        batch["attention_mask"])
 
     def last_layer_rows(self, model, batch: dict) -> int | None:
         """Through `classify` (no hidden states wanted), the last layer runs at the first token of each row."""
-        if self.cosine_on() or not trimmable(model, first_token_head=True):
+        if self.internals_on() or not trimmable(model, first_token_head=True):
             return None
         return int(batch["input_ids"].shape[0])
 
@@ -259,36 +295,42 @@ class QADistillationModule(TaskDistillationMixin, QuestionAnsweringModule):
         alpha_ce: weight of the soft term, KL_T on the start and end logits * T^2 (0 switches it off).
         alpha_hard: weight of the gold start/end cross-entropy (0 switches it off).
         cache_teacher_logits: compute the teacher's start and end logits of every training window once per fit
-            (used when alpha_cos is 0; see the module docstring).
+            (used when alpha_cos is 0 and no layer-wise objective is on; see the module docstring).
     """
 
     teacher_head = "ForQuestionAnswering"
+    student_auto_class = AutoModelForQuestionAnswering
     per_token_logits = True  # start and end logits at every position of a window
 
     def __init__(self, teacher: str, student: str | None = None, student_layers: list[int] | str | None = None,
                  student_architecture: str = "auto", random_init: bool = False, fold_token_type: bool = True,
                  temperature: float = 2.0, alpha_ce: float = 1.0, alpha_hard: float = 1.0, alpha_cos: float = 0.0,
                  cos_layers: str | list[list[int]] = "last", cache_teacher_logits: bool = True,
+                 student_size: dict[str, int] | None = None, layerwise: dict[str, float] | None = None,
+                 layerwise_layers: str | list[list[int]] = "auto", relation_heads: int | None = None,
+                 relation_teacher_layer: int = -1,
                  task_name: str = "squad", lr: float = 1e-4,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.05, warmup_steps: int | None = None,
                  betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, n_best_size: int = 20,
                  max_answer_length: int = 30, null_score_diff_threshold: float = 0.0, output_dir: str | None = None):
         if alpha_hard < 0:
             raise ValueError(f"alpha_hard must be >= 0, got {alpha_hard}")
+        self.set_student_spec(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
+                              student_size)
         super().__init__(pretrained=teacher, task_name=task_name, lr=lr, weight_decay=weight_decay,
                          warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, betas=betas, eps=eps,
                          n_best_size=n_best_size, max_answer_length=max_answer_length,
                          null_score_diff_threshold=null_score_diff_threshold, output_dir=output_dir)
         self.save_own_hyperparameters()
-        self.init_distillation(teacher, student, student_layers, student_architecture, random_init, fold_token_type,
-                               temperature, alpha_ce, alpha_cos, cos_layers, AutoModelForQuestionAnswering, {})
+        self.init_distillation(temperature, alpha_ce, alpha_cos, cos_layers, layerwise, layerwise_layers,
+                               relation_heads, relation_teacher_layer)
 
     def teacher_logits_of(self, output) -> torch.Tensor:
         return torch.stack([output.start_logits, output.end_logits], dim=-1)  # [B, L, 2]
 
     def distillation_terms(self, batch: dict) -> dict[str, torch.Tensor]:
-        student = self.model(**model_inputs(self.model, batch), output_hidden_states=self.cosine_on())
-        teacher_logits, teacher_hidden = self.teacher_outputs(batch)
+        student, student_qkv = self.student_forward(batch)
+        teacher_logits, teacher_hidden, teacher_qkv = self.teacher_outputs(batch)
         mask = batch["attention_mask"]
         terms = {
             "ce": qa_soft_loss(student.start_logits, student.end_logits, teacher_logits[..., 0],
@@ -296,4 +338,5 @@ class QADistillationModule(TaskDistillationMixin, QuestionAnsweringModule):
             "hard": qa_hard_loss(student.start_logits, student.end_logits, batch["start_positions"],
                                  batch["end_positions"]),
         }
-        return self.with_cosine_term(terms, student, teacher_hidden, mask)  # ce, hard: means over windows
+        # ce, hard: means over windows
+        return self.with_internal_terms(terms, student, student_qkv, teacher_hidden, teacher_qkv, mask)

@@ -83,6 +83,12 @@ class FineTuningModule(HFCheckpointMixin, pl.LightningModule):
         self.output_dir = output_dir
         self.final_metrics: dict[str, float] = {}  # the last evaluation's figures (for the model card)
 
+    def build_model(self, auto_class, pretrained: str, **config_kwargs):
+        """The model this module trains and exports: `pretrained` loaded with `auto_class`, in training mode
+        (from_pretrained returns eval mode, and Lightning keeps sub-module modes as they are). Distillation builds its
+        student here (lightning_modules/distill_base.py)."""
+        return load_for_training(auto_class, pretrained, **config_kwargs)
+
     def input_option(self) -> str:
         """The option that chose `self.model`, named by the checks in `setup`."""
         return f"model.init_args.pretrained={self.pretrained}"
@@ -215,7 +221,7 @@ class SequenceClassificationModule(FineTuningModule):
                              f"{canonical_task(self.task_name)}")
         if reason:  # a head of another shape (2 labels -> 3) is replaced too, instead of failing to load
             config_kwargs["ignore_mismatched_sizes"] = True
-        model = load_for_training(AutoModelForSequenceClassification, path, **config_kwargs)
+        model = self.build_model(AutoModelForSequenceClassification, path, **config_kwargs)
         if reason:
             self.new_head(model, path, reason)
         model.config.finetuning_task = canonical_task(self.task_name)

@@ -115,7 +115,7 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
                     num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
                     hidden_dropout_prob=hidden_dropout_prob, attention_probs_dropout_prob=attention_probs_dropout_prob,
                     max_seq_length=max_seq_length, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
-        self.model = build_masked_lm(pretrained, arch=arch, vocab_size=vocab_size, pad_token_id=pad_token_id, **size)
+        self.model = self.build_model(pretrained, arch=arch, vocab_size=vocab_size, pad_token_id=pad_token_id, **size)
         self.val_loss = MeanMetric()  # mean cross-entropy per masked token over the whole validation set
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self.val_accuracy = MulticlassAccuracy(num_classes=self.model.config.vocab_size, average="micro",
@@ -129,6 +129,11 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
             self.sentence_head = SentenceHead(config.hidden_size, getattr(config, "hidden_dropout_prob", 0.1))
             self.val_sentence_loss = MeanMetric()  # mean cross-entropy per pair over the validation set
             self.val_sentence_accuracy = MulticlassAccuracy(num_classes=2, average="micro")
+
+    def build_model(self, pretrained: str | None, **kwargs):
+        """The model this module trains and exports (`models.mlm.build_masked_lm`); distillation builds its student
+        here (lightning_modules/distill_base.py)."""
+        return build_masked_lm(pretrained, **kwargs)
 
     # ---- checks that need the DataModule ---------------------------------------------------------------------------
     def max_input_length(self) -> int:

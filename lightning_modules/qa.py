@@ -23,7 +23,6 @@ from evaluation.writers import write_squad_predictions
 from lightning_modules.distributed import log_epoch_means
 from lightning_modules.finetune import DATA_FACTS, FineTuningModule, gather_objects
 from models.inputs import model_inputs
-from models.pretrained import load_for_training
 
 
 def _column(rows, name: str) -> list:
@@ -64,7 +63,7 @@ class QuestionAnsweringModule(FineTuningModule):
                  max_answer_length: int = 30, null_score_diff_threshold: float = 0.0, output_dir: str | None = None):
         super().__init__(pretrained, task_name, lr, weight_decay, warmup_ratio, warmup_steps, betas, eps, output_dir)
         self.save_hyperparameters(ignore=list(DATA_FACTS))  # linked from the DataModule (see finetune.py)
-        self.model = load_for_training(AutoModelForQuestionAnswering, pretrained)
+        self.model = self.build_model(AutoModelForQuestionAnswering, pretrained)
         if task_name not in ("squad", "squad_v2"):
             raise ValueError(f"QuestionAnsweringModule: task_name must be 'squad' or 'squad_v2', got {task_name!r}")
         self.version_2 = task_name == "squad_v2"

@@ -63,10 +63,18 @@ def _from_pretrained(load, name_or_path: str, what: str, **kwargs):
 
 
 def load_pretrained(auto_class, name_or_path: str, **kwargs):
-    """`auto_class.from_pretrained` on a resolved path, fp32 and SDPA unless the caller says otherwise."""
+    """`auto_class.from_pretrained` on a resolved path, fp32 and SDPA unless the caller says otherwise (eager attention
+    for a model class without SDPA, e.g. DeBERTa-v2 in transformers 5)."""
     kwargs.setdefault("dtype", torch.float32)
-    kwargs.setdefault("attn_implementation", "sdpa")
-    return _from_pretrained(auto_class.from_pretrained, name_or_path, "model", **kwargs)
+    if "attn_implementation" in kwargs:
+        return _from_pretrained(auto_class.from_pretrained, name_or_path, "model", **kwargs)
+    try:
+        return _from_pretrained(auto_class.from_pretrained, name_or_path, "model", attn_implementation="sdpa", **kwargs)
+    except ValueError as err:
+        if "scaled_dot_product_attention" not in str(err):
+            raise
+        return _from_pretrained(auto_class.from_pretrained, name_or_path, "model", attn_implementation="eager",
+                                **kwargs)
 
 
 def load_for_training(auto_class, name_or_path: str, **kwargs):

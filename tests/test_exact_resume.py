@@ -77,6 +77,11 @@ def recipe_args(recipe: str, data_dir: Path, models: dict) -> list[str]:
     if recipe == "general_distillation":
         return ["--config", str(CONFIGS / "distill" / "roberta_general.yaml"), *data,
                 f"--data.init_args.tokenizer={models['roberta']}", f"--model.init_args.teacher={models['roberta']}"]
+    if recipe == "layerwise_distillation":  # a narrower student: the learned projection and its optimiser state resume
+        return ["--config", str(CONFIGS / "distill" / "tinybert_general.yaml"), *data,
+                f"--data.init_args.tokenizer={models['roberta']}", f"--model.init_args.teacher={models['roberta']}",
+                "--model.init_args.student_size={num_hidden_layers: 2, hidden_size: 16, num_attention_heads: 4, "
+                "intermediate_size: 32}"]
     # 10 rows: 5 batches an epoch, so the 6 steps are more than an epoch and the teacher's logits come from the cache
     # that fit builds (lightning_modules/distill_tasks.py), again on resume
     return ["--config", str(CONFIGS / "distill" / "glue.yaml"), *data, "--data.init_args.task_name=sst2",
@@ -93,7 +98,8 @@ def losses(path: Path) -> dict[int, tuple]:
     return out
 
 
-@pytest.mark.parametrize("recipe", ["mlm", "finetune", "general_distillation", "task_distillation"])
+@pytest.mark.parametrize("recipe", ["mlm", "finetune", "general_distillation", "task_distillation",
+                                    "layerwise_distillation"])
 def test_interrupted_run_continues_the_same_trajectory(recipe, tmp_path, monkeypatch, data_dir, bert_mlm_dir,
                                                        bert_classifier_dir, roberta_mlm_dir):
     monkeypatch.chdir(tmp_path)  # the configs' relative artifact folders land here
