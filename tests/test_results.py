@@ -19,7 +19,6 @@ import yaml
 from experiments.plan import FULL, QUICK, Run, plan
 from experiments.runner import Runner, csv_history, run_config, set_option
 from experiments.tables import sections, write_results
-from tests.conftest import REAL_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +37,7 @@ def test_plan_dependencies_come_first_and_exist():
 def test_plan_covers_every_table_and_seed():
     runs = plan(FULL)
     tables = {run.table for run in runs}
-    assert tables == {"setup", "distilbert", "temperature", "ablation", "roberta", "squad"}
+    assert tables == {"setup", "distilbert", "temperature", "ablation", "roberta", "formats", "squad"}
     t1 = [r for r in runs if r.table == "distilbert" and r.kind == "fit"]
     assert {r.seed for r in t1} == {1, 2, 3}
     assert len(t1) == 5 * 3 * 3  # five tasks, three models, three seeds
@@ -47,6 +46,33 @@ def test_plan_covers_every_table_and_seed():
     maps = {tuple(r.options["model.init_args.student_layers"]) for r in runs
             if r.table == "ablation" and "model.init_args.student_layers" in r.options}
     assert maps == {(0, 3), (0, 2)}
+
+
+def test_every_option_of_the_full_plan_is_an_argument_of_its_class(tmp_path):
+    """A misspelt option would only fail hours into the full run: check each against the signatures now."""
+    import importlib
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    def arguments(class_path: str) -> set[str]:
+        module, name = class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        return {n for klass in cls.__mro__ if "__init__" in vars(klass)
+                for n in inspect.signature(klass.__init__).parameters}
+
+    trainer_args = set(inspect.signature(Trainer.__init__).parameters)
+    for run in plan(FULL):
+        if run.kind not in ("fit", "validate"):
+            continue
+        config = run_config(run, run.options, tmp_path / run.id, data_dir=None)  # callbacks.* checked here
+        for key in run.options:
+            part = key.split(".")
+            if part[0] == "trainer":
+                assert part[1] in trainer_args, f"{run.id}: {key}"
+            elif part[0] in ("model", "data"):
+                assert part[1] == "init_args" and part[2] in arguments(config[part[0]]["class_path"]), \
+                    f"{run.id}: {key} is not an argument of {config[part[0]]['class_path']}"
 
 
 def test_run_needs_reads_nested_references():
@@ -146,13 +172,13 @@ def test_committed_records_give_the_committed_tables(tmp_path):
 
 # ---- end to end: --quick ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    if not REAL_DATA_DIR or not (Path(REAL_DATA_DIR) / "glue" / "SST-2" / "train.tsv").exists():
-        pytest.skip("needs the real data (DATA_DIR), as CI has it")
+def quick_run(tmp_path_factory, data_dir):
+    """`--quick` on the tiny data files of the test suite (the official formats; the same run works on the real data,
+    `DATA_DIR=../shared/data python scripts/results.py --quick --out_dir DIR`)."""
     from scripts.results import main
 
     out = tmp_path_factory.mktemp("quick")
-    main(["--quick", "--out_dir", str(out)])
+    main(["--quick", "--out_dir", str(out), "--data_dir", str(data_dir)])
     return out
 
 
@@ -174,8 +200,8 @@ def test_quick_mode_records_every_run_and_writes_every_table(quick_run):
     assert (quick_run / "plots" / "roberta_curves.png").exists()
 
 
-def test_quick_mode_resumes_with_what_is_missing(quick_run, monkeypatch):
-    runner = Runner(plan(QUICK), quick_run / "runs", quick_run / "artifacts", data_dir=os.environ.get("DATA_DIR"))
+def test_quick_mode_resumes_with_what_is_missing(quick_run, data_dir, monkeypatch):
+    runner = Runner(plan(QUICK), quick_run / "runs", quick_run / "artifacts", data_dir=str(data_dir))
     assert runner.run_all() == []  # everything is recorded: nothing runs
     # a lost output is redone only when a run that needs it is redone
     stamp = json.loads(runner.record_path("t2-teacher-s1").read_text())["finished"]
