@@ -81,6 +81,12 @@ class Scale:
     squad_seeds: tuple[int, ...]
     squad_samples: int | None  # first N questions of each side (None: all of the articles)
     latency_rounds: int
+    variants: int | None = None  # quick: the first N variants of each table (None: all)
+
+
+def first(items: dict, scale: Scale) -> dict:
+    """The variants of a table that `scale` runs (all, or the first `scale.variants`)."""
+    return dict(list(items.items())[:scale.variants]) if scale.variants else items
 
 
 FULL = Scale(seeds=(1, 2, 3), batch_size=None, glue_tasks=GLUE_TASKS, sst2_train=16000, glue_train=None, glue_eval=None, glue_epochs=2, sst2_epochs=1,
@@ -90,7 +96,8 @@ FULL = Scale(seeds=(1, 2, 3), batch_size=None, glue_tasks=GLUE_TASKS, sst2_train
 QUICK = Scale(seeds=(1,), batch_size=8, glue_tasks=("sst2", "rte"), sst2_train=32, glue_train=32, glue_eval=32, glue_epochs=1, sst2_epochs=1,
               mlm_steps=3, mlm_val_batches=2, mlm_subset_blocks=32, corpus_blocks=64, mlm_train_files=("wikitext-2/test.txt",), mlm_eval_blocks=32, distill_steps=3,
               tokenizer_files=("wikitext-2/valid.txt",), vocab_size=1000, squad_train_articles=(0, 1),
-              squad_eval_articles=(1, 2), squad_epochs=1, squad_seeds=(1,), squad_samples=32, latency_rounds=1)
+              squad_eval_articles=(1, 2), squad_epochs=1, squad_seeds=(1,), squad_samples=32, latency_rounds=1,
+              variants=3)
 
 
 def glue_data(scale: Scale, task: str) -> dict:
@@ -131,9 +138,7 @@ def temperature_table(scale: Scale, seed: int, task: str = "sst2") -> list[Run]:
     base = {**glue_data(scale, task), "model.init_args.lr": 1e-4, "model.init_args.teacher": teacher,
             "data.init_args.tokenizer": teacher}
     runs = []
-    for t in TEMPERATURES:
-        if t == 2.0:
-            continue  # the config's temperature: table 1's student run
+    for t in first({t: t for t in TEMPERATURES if t != 2.0}, scale):  # T = 2: table 1's student run
         runs.append(Run(f"t4-{task}-T{t:g}-s{seed}", "temperature", "fit", "configs/distill/glue.yaml",
                         {**base, "model.init_args.temperature": t, "callbacks.TemperatureAnnealing.t_start": t,
                          "callbacks.TemperatureAnnealing.t_end": t}, seed, {"temperature": f"{t:g}", "task": task}))
@@ -171,7 +176,7 @@ def pretraining_tables(scale: Scale, seed: int) -> list[Run]:
                 "static x10, FULL-SENTENCES": {"data.init_args.masking": "static",
                                                "data.init_args.static_duplicates": 10},
                 "dynamic, DOC-SENTENCES": {"data.init_args.packing": "doc_sentences"}}
-    for i, (name, extra) in enumerate(variants.items()):
+    for i, (name, extra) in enumerate(first(variants, scale).items()):
         run = f"t3-v{i}-s{seed}"
         runs.append(Run(run, "roberta", "fit", "configs/mlm/roberta_small.yaml", {**subset, **extra}, seed,
                         {"variant": name}))
@@ -187,7 +192,7 @@ def pretraining_tables(scale: Scale, seed: int) -> list[Run]:
                  "no L_cos": {"model.init_args.alpha_cos": 0.0},
                  "random initialisation": {"model.init_args.random_init": True},
                  "every other layer [0, 2]": {"model.init_args.student_layers": LAYER_MAPS["every_other"]}}
-    for i, (name, extra) in enumerate(ablations.items()):
+    for i, (name, extra) in enumerate(first(ablations, scale).items()):
         run = f"t2-a{i}-s{seed}"
         runs.append(Run(run, "ablation", "fit", "configs/distill/roberta_general.yaml", {**general, **extra}, seed,
                         {"variant": name}))
@@ -210,18 +215,18 @@ def formats_table(scale: Scale, seed: int) -> list[Run]:
     pair = {"data.init_args.packing": "segment_pair"}
     variants = {
         "FULL-SENTENCES": None,  # table 2's teacher
-        "DOC-SENTENCES": {"data.init_args.packing": "doc_sentences"},
         "SEGMENT-PAIR + NSP": {**pair, "data.init_args.sentence_objective": "nsp",
                                "model.init_args.sentence_objective": "nsp"},
         "SEGMENT-PAIR + SOP": {**pair, "data.init_args.sentence_objective": "sop",
                                "model.init_args.sentence_objective": "sop"},
+        "DOC-SENTENCES": {"data.init_args.packing": "doc_sentences"},
         "25% of the corpus": {"data.init_args.max_train_samples": scale.corpus_blocks // 4},
         "50% of the corpus": {"data.init_args.max_train_samples": scale.corpus_blocks // 2},
         "100% of the corpus, 2x steps": {"trainer.max_steps": 2 * scale.mlm_steps,
                                          "trainer.val_check_interval": 2 * every},
     }
     runs = []
-    for i, (name, extra) in enumerate(variants.items()):
+    for i, (name, extra) in enumerate(first(variants, scale).items()):
         labels = {"variant": name, "group": "data scale" if "corpus" in name else "format"}
         if extra is None:
             model = f"t2-teacher-s{seed}"
@@ -233,6 +238,48 @@ def formats_table(scale: Scale, seed: int) -> list[Run]:
         if extra is not None or seed != scale.seeds[0]:  # table 2 scores its teacher itself
             runs += after_pretraining(scale, model, model, seed, "formats", labels)
         runs.append(glue_after_pretraining(scale, model, f"{model}-mrpc", seed, "formats", labels, "mrpc"))
+    return runs
+
+
+OBJECTIVES = {  # general-distillation objectives compared in table 7 (issue 14), same student, same steps
+    "DistilBERT (5 L_ce + 2 L_mlm + 1 L_cos)": {},
+    "TinyBERT (hidden MSE + attention-score MSE)": {
+        "model.init_args.alpha_ce": 0.0, "model.init_args.alpha_mlm": 0.0, "model.init_args.alpha_cos": 0.0,
+        "model.init_args.temperature": 1.0, "callbacks.TemperatureAnnealing.t_start": 1.0,
+        "callbacks.TemperatureAnnealing.t_end": 1.0,
+        "model.init_args.layerwise": {"hidden_mse": 1.0, "attention_mse": 1.0}},
+    "MiniLMv2 (q-q, k-k, v-v relation KL, 8 relation heads)": {
+        "model.init_args.alpha_ce": 0.0, "model.init_args.alpha_mlm": 0.0, "model.init_args.alpha_cos": 0.0,
+        "model.init_args.temperature": 1.0, "callbacks.TemperatureAnnealing.t_start": 1.0,
+        "callbacks.TemperatureAnnealing.t_end": 1.0,
+        "model.init_args.layerwise": {"qkv_relation_kl": 1.0}, "model.init_args.relation_heads": 8},
+}
+
+
+def objectives_table(scale: Scale, seed: int) -> list[Run]:
+    """Table 7 (issue 14): the same 2-layer student of table 2's teacher (layers [0, 3]) distilled for the same steps
+    with DistilBERT's, TinyBERT's and MiniLMv2's objectives; scored by perplexity and by SST-2 after task
+    distillation from the teacher fine-tuned on SST-2 (table 2's `t2-teacher-s1-sst2`)."""
+    teacher, sst2_teacher = "@t2-teacher-s1", "@t2-teacher-s1-sst2"
+    general = {"model.init_args.teacher": teacher, "data.init_args.tokenizer": "@tokenizer",
+               "trainer.max_steps": scale.distill_steps, "trainer.max_time": None,
+               "trainer.limit_val_batches": scale.mlm_val_batches,
+               "model.init_args.student_layers": LAYER_MAPS["spread"]}
+    if scale.mlm_train_files:
+        general["data.init_args.train_files"] = list(scale.mlm_train_files)
+    runs = []
+    for i, (name, extra) in enumerate(first(OBJECTIVES, scale).items()):
+        labels = {"variant": name}
+        model = f"t2-a0-s{seed}" if i == 0 and seed == scale.seeds[0] else f"t7-o{i}-s{seed}"
+        if model != f"t2-a0-s{seed}":
+            runs.append(Run(model, "objectives", "fit", "configs/distill/roberta_general.yaml", {**general, **extra},
+                            seed, labels))
+            runs.append(after_pretraining(scale, model, model, seed, "objectives", labels)[0])  # perplexity
+        runs.append(Run(f"{model}-task-sst2", "objectives", "fit", "configs/distill/glue.yaml",
+                        {**glue_data(scale, "sst2"), "model.init_args.teacher": sst2_teacher,
+                         "model.init_args.student": f"@{model}", "model.init_args.lr": 1e-4,
+                         "data.init_args.tokenizer": sst2_teacher}, seed,
+                        {**labels, "model": model, "measure": "task-sst2"}))
     return runs
 
 
@@ -276,7 +323,7 @@ def plan(scale: Scale) -> list[Run]:
         runs += distilbert_table(scale, seed) + temperature_table(scale, seed)
         if seed == scale.seeds[0]:
             runs += pretraining_tables(scale, seed)  # one seed: the budget (see RESULTS.md)
-        runs += formats_table(scale, seed)
+        runs += formats_table(scale, seed) + objectives_table(scale, seed)
     for seed in scale.squad_seeds:
         runs += squad_table(scale, seed)
     runs = [with_batch_size(run, scale.batch_size) for run in runs]

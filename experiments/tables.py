@@ -106,33 +106,49 @@ def pretraining(records: list[dict], table_name: str) -> str:
                   "seeds"], rows)
 
 
+def scored_models(records: list[dict], table: str, variant: str, reused: list[dict]) -> list[dict]:
+    """The trained (not measuring) records of `variant` in `table`, plus `reused` runs of another table."""
+    return [r for r in records if r["table"] == table and r["labels"].get("variant") == variant
+            and "measure" not in r["labels"]] + reused
+
+
+def measured(records: list[dict], models: list[dict], measure: str, key: str = "val/score") -> float | None:
+    """Median over `models` of `key` in the record that measured each with `measure` (labels model + measure)."""
+    ids = {m["id"] for m in models}
+    return median([score(r, key) for r in records if r["labels"].get("model") in ids
+                   and r["labels"].get("measure") == measure and score(r, key) is not None])
+
+
+def variants_of(records: list[dict], table: str) -> list[str]:
+    return list(dict.fromkeys(r["labels"]["variant"] for r in records if r["table"] == table))
+
+
 def formats(records: list[dict]) -> str:
     """Table 6: per input format / corpus share, medians over seeds of each pretrained model's scores."""
-    trained = [r for r in records if r["table"] == "formats" and "measure" not in r["labels"]]
-    by_model = {}
-    for r in records:
-        if r["labels"].get("measure") and r["labels"].get("model"):
-            by_model.setdefault(r["labels"]["model"], {})[r["labels"]["measure"]] = r
-    variants = list(dict.fromkeys(r["labels"]["variant"] for r in records if r["table"] == "formats"))
+    teacher = [r for r in records if r["table"] == "ablation" and r["labels"].get("variant") == "teacher"
+               and "measure" not in r["labels"]]  # FULL-SENTENCES, seed 1: table 2's teacher
     rows = []
-    for variant in variants:
-        models = [r for r in trained if r["labels"]["variant"] == variant]
-        if variant == "FULL-SENTENCES":  # seed 1 is table 2's teacher
-            models += [r for r in records if r["table"] == "ablation" and r["labels"].get("variant") == "teacher"
-                       and "measure" not in r["labels"]]
-        ids = [r["id"] for r in models]
-
-        def measured(measure, key="val/score"):
-            return median([score(by_model[i][measure], key) for i in ids if measure in by_model.get(i, {})
-                           and score(by_model[i][measure], key) is not None])
-
+    for variant in variants_of(records, "formats"):
+        models = scored_models(records, "formats", variant, teacher if variant == "FULL-SENTENCES" else [])
         sentence = median([score(r, "val/sentence_accuracy") for r in models
                            if score(r, "val/sentence_accuracy") is not None])
         steps = models[0]["options"].get("trainer.max_steps") if models else None
-        rows.append([variant, str(steps or "n/a"), fmt(measured("perplexity", "val/perplexity")),
-                     fmt(sentence) if sentence is None else fmt(100 * sentence), fmt(measured("sst2")),
-                     fmt(measured("mrpc")), seeds_of(models)])
+        rows.append([variant, str(steps or "n/a"), fmt(measured(records, models, "perplexity", "val/perplexity")),
+                     fmt(None if sentence is None else 100 * sentence), fmt(measured(records, models, "sst2")),
+                     fmt(measured(records, models, "mrpc")), seeds_of(models)])
     return table(["pretraining", "steps", "WikiText-2 val perplexity", "NSP/SOP val accuracy", "SST-2 dev", "MRPC dev",
+                  "seeds"], rows)
+
+
+def objectives(records: list[dict]) -> str:
+    """Table 7: general-distillation objectives on the same student and budget."""
+    distilbert = [r for r in records if r["id"] == "t2-a0-s1"]  # table 2's DistilBERT student, seed 1
+    rows = []
+    for variant in variants_of(records, "objectives"):
+        models = scored_models(records, "objectives", variant, distilbert if variant.startswith("DistilBERT") else [])
+        rows.append([variant, fmt(measured(records, models, "perplexity", "val/perplexity")),
+                     fmt(measured(records, models, "task-sst2")), seeds_of(models)])
+    return table(["general distillation objective", "WikiText-2 val perplexity", "SST-2 dev after task distillation",
                   "seeds"], rows)
 
 
@@ -218,10 +234,10 @@ def sections(records: list[dict]) -> dict[str, str]:
     """Marker name -> generated markdown ("No runs recorded yet." for a table without records)."""
     t1, summary = distilbert(records)
     tables = {name: [r for r in records if r["table"] == name]
-              for name in ("distilbert", "ablation", "roberta", "temperature", "squad", "formats")}
+              for name in ("distilbert", "ablation", "roberta", "temperature", "squad", "formats", "objectives")}
     generated = {"distilbert": t1, "ablation": pretraining(records, "ablation"),
                  "roberta": pretraining(records, "roberta"), "temperature": temperature(records),
-                 "squad": squad(records), "formats": formats(records)}
+                 "squad": squad(records), "formats": formats(records), "objectives": objectives(records)}
     return {**{name: text if tables[name] else EMPTY for name, text in generated.items()}, "_summary": summary}
 
 

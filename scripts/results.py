@@ -25,7 +25,7 @@ from experiments.plan import FULL, QUICK, plan  # noqa: E402
 from experiments.runner import Runner  # noqa: E402
 from experiments.tables import write_results  # noqa: E402
 
-TABLES = ("distilbert", "temperature", "ablation", "roberta", "formats", "squad")
+TABLES = ("distilbert", "temperature", "ablation", "roberta", "formats", "objectives", "squad")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -37,7 +37,7 @@ def test_plan_dependencies_come_first_and_exist():
 def test_plan_covers_every_table_and_seed():
     runs = plan(FULL)
     tables = {run.table for run in runs}
-    assert tables == {"setup", "distilbert", "temperature", "ablation", "roberta", "formats", "squad"}
+    assert tables == {"setup", "distilbert", "temperature", "ablation", "roberta", "formats", "objectives", "squad"}
     t1 = [r for r in runs if r.table == "distilbert" and r.kind == "fit"]
     assert {r.seed for r in t1} == {1, 2, 3}
     assert len(t1) == 5 * 3 * 3  # five tasks, three models, three seeds
@@ -193,7 +193,7 @@ def test_quick_mode_records_every_run_and_writes_every_table(quick_run):
         if run.kind == "latency":
             assert {"teacher", "student"} <= set(record["latency"])
     text = (quick_run / "RESULTS.md").read_text()
-    for name in ("distilbert", "ablation", "roberta", "temperature", "squad"):
+    for name in ("distilbert", "ablation", "roberta", "temperature", "squad", "formats", "objectives"):
         body = re.search(rf"<!-- results:{name} -->\n(.*?)\n<!-- /results:{name} -->", text, re.S).group(1)
         assert body.count("\n| ") >= 2, f"table {name} has no rows"
     assert (quick_run / "plots" / "score_vs_latency.png").exists()
