@@ -25,11 +25,11 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
+from cli_errors import DEBUG_ENV, EXIT_BAD_INPUT, user_error_message  # noqa: E402
 from datamodules.files import DataFormatError, Table, read_table  # noqa: E402
 from datamodules.tasks import GLUE_TASKS  # noqa: E402
 from evaluation.inference import Predictor, table_rows  # noqa: E402
 from evaluation.writers import records_format, write_records  # noqa: E402
-from train import DEBUG_ENV, EXIT_BAD_INPUT, user_error_message  # noqa: E402
 
 DEFAULT_TOP_K = 5
 

@@ -3,7 +3,7 @@
 Every message is what `python train.py` prints after `error: ` (one line, exit status 2; `LITBERT_DEBUG=1` shows the
 traceback instead): the cause, naming the file, line or option, and what was expected. Three cases run train.py in a
 subprocess (misspelt option, wrong class_path, missing teacher directory); the others run `train.run` in-process, or
-build the DataModule / Trainer directly and format the error as train.py does (`train.user_error_message`).
+build the DataModule / Trainer directly and format the error as train.py does (`cli_errors.user_error_message`).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cli_errors
 import train
 from tests import fixtures
 from tests.cli import model_data_args, quiet_run_args
@@ -70,20 +71,20 @@ def in_process(args: list[str]) -> str:
     with contextlib.redirect_stderr(err):
         status = train.run(args)
     lines = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
-    assert status == train.EXIT_BAD_INPUT and len(lines) == 1, err.getvalue()[-2000:]
-    assert f"(set {train.DEBUG_ENV}=1 for the full traceback)" in err.getvalue()
+    assert status == cli_errors.EXIT_BAD_INPUT and len(lines) == 1, err.getvalue()[-2000:]
+    assert f"(set {cli_errors.DEBUG_ENV}=1 for the full traceback)" in err.getvalue()
     return lines[0].removeprefix("error: ")
 
 
 def subprocess_run(args: list[str]) -> str:
     """`python train.py args` in a subprocess: exit status 2, and stderr ends with the two lines of the error."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop(train.DEBUG_ENV, None)
+    env.pop(cli_errors.DEBUG_ENV, None)
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     tail = done.stderr.strip().splitlines()[-2:]
     assert done.returncode == 2 and tail[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
-    assert tail[1] == f"(set {train.DEBUG_ENV}=1 for the full traceback)"
+    assert tail[1] == f"(set {cli_errors.DEBUG_ENV}=1 for the full traceback)"
     return tail[0].removeprefix("error: ")
 
 
@@ -91,7 +92,7 @@ def raised(action) -> str:
     """Run `action`; the message train.py prints for what it raises."""
     with pytest.raises(Exception) as info:
         action()
-    message = train.user_error_message(info.value)
+    message = cli_errors.user_error_message(info.value)
     assert message is not None, f"not reported as bad input: {info.value!r}"
     return message
 
@@ -386,6 +387,6 @@ def test_bad_input_gives_one_clear_line(case, env):
 
 
 def test_debug_switch_shows_the_traceback(env, monkeypatch):
-    monkeypatch.setenv(train.DEBUG_ENV, "1")
+    monkeypatch.setenv(cli_errors.DEBUG_ENV, "1")
     with pytest.raises(ValueError, match="data.init_args.batch_size must be a positive number"):
         train.run(env.finetune("--data.init_args.batch_size=0"))

@@ -15,6 +15,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+import cli_errors
 import train
 from callbacks.nonfinite import NonFiniteWeightsError, StopOnNonFinite
 from callbacks.preemption import PreemptionCheckpoint
@@ -166,7 +167,7 @@ def test_nan_distillation_term_stops_naming_it_and_keeps_the_good_checkpoint_and
                       "--data.init_args.batch_size=4", "--trainer.max_epochs=1", "--trainer.val_check_interval=3",
                       "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
                       f"--trainer.callbacks.init_args.dirpath={export}"])
-    assert code == train.EXIT_NON_FINITE
+    assert code == cli_errors.EXIT_NON_FINITE
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert error_line(capsys.readouterr()) == (
         "error: training stopped at global step 3 (epoch 0, batch 3): non-finite loss terms: train/loss=nan, "
