@@ -4,12 +4,13 @@ and the exit status.
 `run` in train.py prints `error: <user_error_message(err)>` and exits with `exit_status(err)` (2 for bad input, 3 for
 a non-finite loss); anything `user_error_message` does not recognise (a bug) keeps its traceback. jsonargparse's
 multi-line parser errors are condensed to the option, its class and what is wrong, with a "did you mean" where a
-close name exists (`condense_parser_error`). The refusal of --optimizer / --lr_scheduler, which train.py's CLI
-raises as `CommandLineError`, is worded here too.
+close name exists (`condense_parser_error`). The refusals train.py's CLI raises as `CommandLineError` (--optimizer /
+--lr_scheduler, a logger whose package is not installed) are worded here too.
 """
 import argparse
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -28,6 +29,9 @@ _IGNORED_PARSER_LINES = re.compile(
     r"Given value type: |Given value: )")
 
 OPTIMISER_KEYS = ("optimizer", "lr_scheduler")
+# Loggers that need a package of their own: class -> (the package, setup.cfg's extra that installs it). Lightning
+# would only fail once the model is built, in a traceback (a ModuleNotFoundError wrapped twice by jsonargparse).
+LOGGER_PACKAGES = {"WandbLogger": ("wandb", "wandb"), "MLFlowLogger": ("mlflow", "mlflow")}
 
 
 class CommandLineError(ValueError):
@@ -41,6 +45,22 @@ def optimiser_refusal(key: str) -> str:
             f"--model.init_args.lr, weight_decay, betas, eps and warmup_ratio or warmup_steps instead")
 
 
+def missing_logger_package(logger) -> str | None:
+    """The refusal of a parsed `trainer.logger` (one or a list) whose class needs a package that is not installed."""
+    from lightning.pytorch import loggers
+
+    for item in logger if isinstance(logger, (list, tuple)) else [logger]:
+        class_path = item.get("class_path") if hasattr(item, "get") else None
+        cls = _import_class(class_path) if isinstance(class_path, str) else None
+        for name, (package, extra) in LOGGER_PACKAGES.items():
+            if (isinstance(cls, type) and issubclass(cls, getattr(loggers, name))
+                    and importlib.util.find_spec(package) is None):
+                return (f"trainer.logger {class_path}: needs the {package} package, which is not installed; install "
+                        f"it with setup.cfg's extra, pip install -e \".[{extra}]\", or use a logger that needs nothing "
+                        f"more (TensorBoard, the default, or lightning.pytorch.loggers.CSVLogger)")
+    return None
+
+
 def _optimiser_key(name: str) -> str | None:
     """'optimizer' / 'lr_scheduler' when the option `name` is (under) one of them (--optimizer.lr), else None."""
     key = name.lstrip("-").split("=")[0].split(".")[0]
@@ -52,10 +72,18 @@ def _suggest(name: str, choices) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _class_arguments(class_path: str) -> list[str]:
+def _import_class(class_path: str):
+    """The object `class_path` names, or None when it cannot be imported (the parser reports that itself)."""
     module, _, name = class_path.rpartition(".")
     try:
-        return list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        return getattr(importlib.import_module(module), name)
+    except Exception:  # noqa: BLE001 (only for a suggestion or a check)
+        return None
+
+
+def _class_arguments(class_path: str) -> list[str]:
+    try:
+        return list(inspect.signature(_import_class(class_path)).parameters)
     except Exception:  # noqa: BLE001 (only for a suggestion)
         return []
 

@@ -8,7 +8,7 @@ Every run validates once more when `max_steps` ends it inside an epoch, and `fit
 of the final metrics (callbacks/run_end.py).
 
 Errors (`run`, what `python train.py` calls): bad input (a data file, a model or tokenizer directory, a checkpoint, a
-misspelt option, a wrong class_path, an unknown task, ...) is
+misspelt option, a wrong class_path, an unknown task, a W&B or MLflow logger whose package is not installed, ...) is
 printed as `error: <the cause>` on one line, naming the file, line or option and what was expected, and the exit
 status is 2; a non-finite training loss stops the run with status 3 (callbacks/nonfinite.py); SIGTERM / Ctrl+C save a
 resumable checkpoint and exit 143 / 130 (callbacks/preemption.py). `LITBERT_DEBUG=1` shows the full traceback
@@ -43,7 +43,7 @@ from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorF
 from callbacks.run_end import add_run_end_callbacks
 from callbacks.hp_metric import HpMetric
 from cli_errors import (DEBUG_ENV, OPTIMISER_KEYS, CommandLineError, condense_parser_error, exit_status,
-                        optimiser_refusal, user_error_message)
+                        missing_logger_package, optimiser_refusal, user_error_message)
 from lightning_modules.precision import default_precision
 from models.convert import CheckpointFileError, check_checkpoint_file
 
@@ -222,6 +222,9 @@ class LitBertCLI(LightningCLI):
         for key in OPTIMISER_KEYS:
             if not self.auto_configure_optimizers and config.get(key) is not None:
                 raise CommandLineError(optimiser_refusal(key))
+        refusal = missing_logger_package(config.get("trainer.logger"))
+        if refusal:  # now, not once the model is built (Lightning's traceback)
+            raise CommandLineError(refusal)
         refuse_linked_model_values(self.config)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):

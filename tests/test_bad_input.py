@@ -1,13 +1,15 @@
 """Bad input, one table: each case and the exact message the user sees.
 
 Every message is what `python train.py` prints after `error: ` (one line, exit status 2; `LITBERT_DEBUG=1` shows the
-traceback instead): the cause, naming the file, line or option, and what was expected. Three cases run train.py in a
-subprocess (misspelt option, wrong class_path, missing teacher directory); the others run `train.run` in-process, or
-build the DataModule / Trainer directly and format the error as train.py does (`cli_errors.user_error_message`).
+traceback instead): the cause, naming the file, line or option, and what was expected. Four cases run train.py in a
+subprocess (misspelt option, wrong class_path, missing teacher directory, W&B logger without wandb); the others run
+`train.run` in-process, or build the DataModule / Trainer directly and format the error as train.py does
+(`cli_errors.user_error_message`).
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -122,6 +124,32 @@ def missing_teacher_directory(env):
             f"exist; hub names have the form 'name' or 'namespace/name'). Create it first, e.g. a tokenizer with "
             f"scripts/train_tokenizer.py or a model with the HFExport callback, or point the option at an existing "
             f"directory.")
+
+
+def not_installed(package: str) -> None:
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed: the logger works")
+
+
+def logger_refusal(class_path: str, package: str) -> str:
+    return (f"trainer.logger {class_path}: needs the {package} package, which is not installed; install it with "
+            f"setup.cfg's extra, pip install -e \".[{package}]\", or use a logger that needs nothing more "
+            f"(TensorBoard, the default, or lightning.pytorch.loggers.CSVLogger)")
+
+
+def wandb_logger_without_wandb(env):
+    not_installed("wandb")
+    logger = "lightning.pytorch.loggers.WandbLogger"
+    return subprocess_run(env.finetune(f"--trainer.logger={logger}")), logger_refusal(logger, "wandb")
+
+
+def mlflow_logger_without_mlflow(env):
+    not_installed("mlflow")
+    config = env.tmp / "loggers.yaml"  # a list of loggers in a config file: the one that needs a package is named
+    config.write_text("trainer:\n  logger:\n    - class_path: lightning.pytorch.loggers.CSVLogger\n"
+                      "      init_args: {save_dir: runs}\n    - class_path: MLFlowLogger\n")
+    logger = "lightning.pytorch.loggers.MLFlowLogger"
+    return in_process([*env.finetune(), "--config", str(config)]), logger_refusal(logger, "mlflow")
 
 
 def misspelt_model_argument(env):
@@ -351,7 +379,8 @@ def squad_answer_mismatch(env):
             f"the context at answer_start {start + 3}, which reads {shifted!r}; the text occurs at character {start}")
 
 
-CASES = [misspelt_option, wrong_class_path, missing_teacher_directory, misspelt_model_argument, model_side_label_names,
+CASES = [misspelt_option, wrong_class_path, missing_teacher_directory, wandb_logger_without_wandb,
+         mlflow_logger_without_mlflow, misspelt_model_argument, model_side_label_names,
          wrong_value_type,
          yaml_syntax_error, optimizer_option, lr_scheduler_in_config, unknown_task, unknown_model, batch_size_zero,
          max_seq_length_beyond_positions, student_layers_out_of_range, student_layers_unknown_name,
@@ -390,3 +419,14 @@ def test_debug_switch_shows_the_traceback(env, monkeypatch):
     monkeypatch.setenv(cli_errors.DEBUG_ENV, "1")
     with pytest.raises(ValueError, match="data.init_args.batch_size must be a positive number"):
         train.run(env.finetune("--data.init_args.batch_size=0"))
+
+
+def test_loggers_with_their_packages_pass(monkeypatch):
+    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger"}
+    wandb = {"class_path": "lightning.pytorch.loggers.WandbLogger"}
+    for logger in (None, False, True, csv, [csv], {"class_path": "lightning.pytorch.loggers.TensorBoardLogger"}):
+        assert cli_errors.missing_logger_package(logger) is None, logger
+    if importlib.util.find_spec("wandb") is None:  # the one that needs a package is named, in a list too
+        assert cli_errors.missing_logger_package([csv, wandb]) == logger_refusal(wandb["class_path"], "wandb")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())  # as if every package were there
+    assert cli_errors.missing_logger_package([csv, wandb]) is None
