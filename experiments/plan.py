@@ -30,7 +30,7 @@ class Run:
 
     id: str  # the record's file name: <records>/<id>.json
     table: str  # which table of RESULTS.md reads it
-    kind: str  # "fit" | "validate" | "latency" | "tokenizer"
+    kind: str  # "fit" | "validate" | "latency" | "tokenizer" | "tiny_model"
     config: str | None  # base YAML under configs/ (fit and validate)
     options: dict = field(default_factory=dict)  # dotted keys -> values ("@<id>": that run's model)
     seed: int = 1
@@ -82,6 +82,8 @@ class Scale:
     squad_samples: int | None  # first N questions of each side (None: all of the articles)
     latency_rounds: int
     variants: int | None = None  # quick: the first N variants of each table (None: all)
+    teacher: str = TEACHER  # the GLUE/SQuAD teacher; quick: "@tiny-teacher", a tiny random BERT (`tiny_model` run)
+    mlm_size: tuple = ()  # quick: smaller roberta_small options ((key, value), ...), so the few steps take little
 
 
 def first(items: dict, scale: Scale) -> dict:
@@ -97,7 +99,12 @@ QUICK = Scale(seeds=(1,), batch_size=8, glue_tasks=("sst2", "rte"), sst2_train=3
               mlm_steps=3, mlm_val_batches=2, mlm_subset_blocks=32, corpus_blocks=64, mlm_train_files=("wikitext-2/test.txt",), mlm_eval_blocks=32, distill_steps=3,
               tokenizer_files=("wikitext-2/valid.txt",), vocab_size=1000, squad_train_articles=(0, 1),
               squad_eval_articles=(1, 2), squad_epochs=1, squad_seeds=(1,), squad_samples=32, latency_rounds=1,
-              variants=3)
+              variants=3, teacher="@tiny-teacher",
+              mlm_size=(("model.init_args.hidden_size", 64), ("model.init_args.num_attention_heads", 2),
+                        ("model.init_args.intermediate_size", 128)))
+# QUICK's teacher: the packaged teacher's tokenizer and family at a size whose runs take a second
+TINY_TEACHER = {"like": TEACHER, "arch": "bert", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+                "intermediate_size": 64}
 
 
 def glue_data(scale: Scale, task: str) -> dict:
@@ -116,7 +123,8 @@ def distilbert_table(scale: Scale, seed: int) -> list[Run]:
         data = glue_data(scale, task)
         lr = {"model.init_args.lr": 1e-4}
         runs.append(Run(teacher, "distilbert", "fit", "configs/finetune/glue.yaml",
-                        {**data, **lr, "model.init_args.pretrained": TEACHER, "data.init_args.tokenizer": TEACHER},
+                        {**data, **lr, "model.init_args.pretrained": scale.teacher,
+                         "data.init_args.tokenizer": scale.teacher},
                         seed, {"model": "teacher", "task": task}))
         distil = {**data, "model.init_args.teacher": f"@{teacher}", "data.init_args.tokenizer": f"@{teacher}"}
         runs.append(Run(student, "distilbert", "fit", "configs/distill/glue.yaml", {**distil, **lr}, seed,
@@ -164,7 +172,8 @@ def pretraining_tables(scale: Scale, seed: int) -> list[Run]:
     tok = "tokenizer"
     every = scale.mlm_steps // 6 if scale.mlm_steps >= 60 else scale.mlm_steps  # six points on the curves
     mlm = {"data.init_args.tokenizer": f"@{tok}", "trainer.max_steps": scale.mlm_steps, "trainer.max_time": None,
-           "trainer.limit_val_batches": scale.mlm_val_batches, "trainer.val_check_interval": every}
+           "trainer.limit_val_batches": scale.mlm_val_batches, "trainer.val_check_interval": every,
+           **dict(scale.mlm_size)}
     if scale.mlm_train_files:
         mlm["data.init_args.train_files"] = list(scale.mlm_train_files)
     runs = []
@@ -209,7 +218,8 @@ def formats_table(scale: Scale, seed: int) -> list[Run]:
     tok = "@tokenizer"
     every = scale.mlm_steps // 6 if scale.mlm_steps >= 60 else scale.mlm_steps
     mlm = {"data.init_args.tokenizer": tok, "trainer.max_steps": scale.mlm_steps, "trainer.max_time": None,
-           "trainer.limit_val_batches": scale.mlm_val_batches, "trainer.val_check_interval": every}
+           "trainer.limit_val_batches": scale.mlm_val_batches, "trainer.val_check_interval": every,
+           **dict(scale.mlm_size)}
     if scale.mlm_train_files:
         mlm["data.init_args.train_files"] = list(scale.mlm_train_files)
     pair = {"data.init_args.packing": "segment_pair"}
@@ -299,7 +309,7 @@ def squad_table(scale: Scale, seed: int) -> list[Run]:
     teacher = f"t5-teacher-s{seed}"
     return [
         Run(teacher, "squad", "fit", "configs/finetune/squad.yaml",
-            {**data, "model.init_args.pretrained": TEACHER, "data.init_args.tokenizer": TEACHER}, seed,
+            {**data, "model.init_args.pretrained": scale.teacher, "data.init_args.tokenizer": scale.teacher}, seed,
             {"model": "teacher"}),
         Run(f"t5-student-s{seed}", "squad", "fit", "configs/distill/squad.yaml",
             {**data, "model.init_args.teacher": f"@{teacher}", "data.init_args.tokenizer": f"@{teacher}"}, seed,
@@ -319,6 +329,8 @@ def plan(scale: Scale) -> list[Run]:
     """All runs in execution order (every table at the first seed, then the other seeds, SQuAD last)."""
     runs = [Run("tokenizer", "setup", "tokenizer", None,
                 {"files": list(scale.tokenizer_files), "vocab_size": scale.vocab_size})]
+    if scale.teacher.startswith("@"):
+        runs.append(Run(scale.teacher[1:], "setup", "tiny_model", None, TINY_TEACHER))
     for seed in scale.seeds:
         runs += distilbert_table(scale, seed) + temperature_table(scale, seed)
         if seed == scale.seeds[0]:

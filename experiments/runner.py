@@ -45,7 +45,8 @@ class Runner:
     def output(self, run_id: str) -> Path:
         """The model (or tokenizer) directory a run leaves for the runs that use it."""
         run = self.runs[run_id]
-        return self.artifacts_dir / run_id / ("tokenizer" if run.kind == "tokenizer" else "export/last")
+        return self.artifacts_dir / run_id / {"tokenizer": "tokenizer", "tiny_model": "model"}.get(run.kind,
+                                                                                                  "export/last")
 
     # ---- running -----------------------------------------------------------------------------------------------------
     def run_all(self, only: set[str] | None = None, limit: int | None = None) -> list[str]:
@@ -107,6 +108,18 @@ class Runner:
             args += ["--data_dir", self.data_dir]
         train_tokenizer(args)
         return {"command": "python scripts/train_tokenizer.py " + " ".join(args)}
+
+    def _tiny_model(self, run: Run) -> dict:
+        """A randomly initialised masked LM of the given sizes with the tokenizer of `like` (quick mode's teacher)."""
+        from models.convert import save_export
+        from models.mlm import build_masked_lm
+        from models.pretrained import load_tokenizer
+
+        options = dict(run.options)
+        tokenizer = load_tokenizer(options.pop("like"))
+        model = build_masked_lm(None, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **options)
+        save_export(model, self.output(run.id), tokenizer)
+        return {"parameters": sum(p.numel() for p in model.parameters())}
 
     def _fit(self, run: Run) -> dict:
         return self._train(run, "fit")
