@@ -198,7 +198,7 @@ def plots(records: list[dict], summary: dict, out_dir: Path) -> list[Path]:
         ax.set_xlabel("CPU seconds over the five dev sets (1 thread)")
         ax.set_ylabel("GLUE macro score (median; bars: seed range)")
         ax.grid(alpha=0.3)
-        written.append(save(fig, out_dir / "score_vs_latency.png", plt))
+        written.append(save_figure(fig, out_dir / "score_vs_latency.png"))
     curves = [r for r in records if r["table"] == "roberta" and "measure" not in r["labels"] and r.get("history")]
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -212,15 +212,18 @@ def plots(records: list[dict], summary: dict, out_dir: Path) -> list[Path]:
             ax.set_ylabel(key)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        written.append(save(fig, out_dir / "roberta_curves.png", plt))
+        written.append(save_figure(fig, out_dir / "roberta_curves.png"))
     return written
 
 
-def save(fig, path: Path, plt) -> Path:
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically (never a half-written image), then close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
     return path

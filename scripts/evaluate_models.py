@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 
 from callbacks.progress import ProgressLog, format_duration  # noqa: E402
-from datamodules.atomic import atomic_path, atomic_write_text  # noqa: E402
+from datamodules.atomic import atomic_write_text  # noqa: E402
+from experiments.tables import save_figure  # noqa: E402
 from evaluation.latency import measure_cpu_latency  # noqa: E402
 from evaluation.writers import write_json  # noqa: E402
 from lightning_modules.precision import default_precision  # noqa: E402
@@ -159,13 +160,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_xlabel(f"CPU latency, ms per batch of {lat['batch_size']} ({lat['num_threads']} thread(s))")
     ax.set_ylabel("dev score, median over seeds (macro over tasks)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> list[dict]:
