@@ -167,15 +167,31 @@ def after_pretraining(scale: Scale, model: str, prefix: str, seed: int, table: s
     ]
 
 
+def mlm_options(scale: Scale) -> dict:
+    """Options of every roberta_small pretraining run: the budget's steps (no wall-clock cap), six validations."""
+    every = scale.mlm_steps // 6 if scale.mlm_steps >= 60 else scale.mlm_steps  # six points on the curves
+    options = {"data.init_args.tokenizer": "@tokenizer", "trainer.max_steps": scale.mlm_steps,
+               "trainer.max_time": None, "trainer.limit_val_batches": scale.mlm_val_batches,
+               "trainer.val_check_interval": every, **dict(scale.mlm_size)}
+    if scale.mlm_train_files:
+        options["data.init_args.train_files"] = list(scale.mlm_train_files)
+    return options
+
+
+def general_options(scale: Scale, teacher: str) -> dict:
+    """Options of every general distillation of `teacher` (a run id) into the 2-layer student of layers [0, 3]."""
+    options = {"model.init_args.teacher": f"@{teacher}", "data.init_args.tokenizer": "@tokenizer",
+               "trainer.max_steps": scale.distill_steps, "trainer.max_time": None,
+               "trainer.limit_val_batches": scale.mlm_val_batches,
+               "model.init_args.student_layers": LAYER_MAPS["spread"]}
+    if scale.mlm_train_files:
+        options["data.init_args.train_files"] = list(scale.mlm_train_files)
+    return options
+
+
 def pretraining_tables(scale: Scale, seed: int) -> list[Run]:
     """Tables 2 and 3: roberta_small pretraining variants, and general distillation variants of its student."""
-    tok = "tokenizer"
-    every = scale.mlm_steps // 6 if scale.mlm_steps >= 60 else scale.mlm_steps  # six points on the curves
-    mlm = {"data.init_args.tokenizer": f"@{tok}", "trainer.max_steps": scale.mlm_steps, "trainer.max_time": None,
-           "trainer.limit_val_batches": scale.mlm_val_batches, "trainer.val_check_interval": every,
-           **dict(scale.mlm_size)}
-    if scale.mlm_train_files:
-        mlm["data.init_args.train_files"] = list(scale.mlm_train_files)
+    mlm = mlm_options(scale)
     runs = []
     teacher = f"t2-teacher-s{seed}"  # dynamic masking, FULL-SENTENCES, the whole corpus: the distillation teacher
     runs.append(Run(teacher, "ablation", "fit", "configs/mlm/roberta_small.yaml", mlm, seed, {"variant": "teacher"}))
@@ -190,12 +206,7 @@ def pretraining_tables(scale: Scale, seed: int) -> list[Run]:
         runs.append(Run(run, "roberta", "fit", "configs/mlm/roberta_small.yaml", {**subset, **extra}, seed,
                         {"variant": name}))
         runs += after_pretraining(scale, run, run, seed, "roberta", {"variant": name})
-    general = {"model.init_args.teacher": f"@{teacher}", "data.init_args.tokenizer": f"@{tok}",
-               "trainer.max_steps": scale.distill_steps, "trainer.max_time": None,
-               "trainer.limit_val_batches": scale.mlm_val_batches,
-               "model.init_args.student_layers": LAYER_MAPS["spread"]}
-    if scale.mlm_train_files:
-        general["data.init_args.train_files"] = list(scale.mlm_train_files)
+    general = general_options(scale, teacher)
     ablations = {"DistilBERT (L_ce + L_mlm + L_cos), layers [0, 3]": {},
                  "no L_ce": {"model.init_args.alpha_ce": 0.0},
                  "no L_cos": {"model.init_args.alpha_cos": 0.0},
@@ -215,13 +226,8 @@ def formats_table(scale: Scale, seed: int) -> list[Run]:
     FULL-SENTENCES on the whole corpus at the budget's steps is table 2's teacher (the same run, seed 1); the others
     are trained here. Each model: perplexity on the same fixed validation masks, SST-2 and MRPC after fine-tuning.
     """
-    tok = "@tokenizer"
-    every = scale.mlm_steps // 6 if scale.mlm_steps >= 60 else scale.mlm_steps
-    mlm = {"data.init_args.tokenizer": tok, "trainer.max_steps": scale.mlm_steps, "trainer.max_time": None,
-           "trainer.limit_val_batches": scale.mlm_val_batches, "trainer.val_check_interval": every,
-           **dict(scale.mlm_size)}
-    if scale.mlm_train_files:
-        mlm["data.init_args.train_files"] = list(scale.mlm_train_files)
+    mlm = mlm_options(scale)
+    every = mlm["trainer.val_check_interval"]
     pair = {"data.init_args.packing": "segment_pair"}
     variants = {
         "FULL-SENTENCES": None,  # table 2's teacher
@@ -270,13 +276,8 @@ def objectives_table(scale: Scale, seed: int) -> list[Run]:
     """Table 7 (issue 14): the same 2-layer student of table 2's teacher (layers [0, 3]) distilled for the same steps
     with DistilBERT's, TinyBERT's and MiniLMv2's objectives; scored by perplexity and by SST-2 after task
     distillation from the teacher fine-tuned on SST-2 (table 2's `t2-teacher-s1-sst2`)."""
-    teacher, sst2_teacher = "@t2-teacher-s1", "@t2-teacher-s1-sst2"
-    general = {"model.init_args.teacher": teacher, "data.init_args.tokenizer": "@tokenizer",
-               "trainer.max_steps": scale.distill_steps, "trainer.max_time": None,
-               "trainer.limit_val_batches": scale.mlm_val_batches,
-               "model.init_args.student_layers": LAYER_MAPS["spread"]}
-    if scale.mlm_train_files:
-        general["data.init_args.train_files"] = list(scale.mlm_train_files)
+    sst2_teacher = "@t2-teacher-s1-sst2"
+    general = general_options(scale, "t2-teacher-s1")
     runs = []
     for i, (name, extra) in enumerate(first(OBJECTIVES, scale).items()):
         labels = {"variant": name}

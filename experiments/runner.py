@@ -11,6 +11,7 @@ import csv
 import gc
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -210,8 +211,6 @@ def csv_history(path: Path) -> dict[str, list[list[float]]]:
 
 
 def machine() -> str:
-    import os
-
     import torch
 
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
