@@ -49,9 +49,35 @@ class Runner:
         return self.artifacts_dir / run_id / {"tokenizer": "tokenizer", "tiny_model": "model"}.get(run.kind,
                                                                                                   "export/last")
 
+    def stale(self) -> list[str]:
+        """Recorded runs whose record no longer matches the plan (another config, options, kind or seed), and every
+        recorded run that used one of their outputs, in plan order: their figures came from another recipe."""
+        found: set[str] = set()
+        for run in self.runs.values():  # plan order: a run's needs come before it
+            record = self.record(run.id)
+            if record is None:
+                continue
+            planned = json.loads(json.dumps({"kind": run.kind, "config": run.config, "options": run.options,
+                                             "seed": run.seed}))
+            if {k: record.get(k) for k in planned} != planned or found.intersection(run.needs()):
+                found.add(run.id)
+        return [run_id for run_id in self.runs if run_id in found]
+
+    def drop_stale(self) -> list[str]:
+        """Delete the records (JSON and YAML) of the stale runs (see `stale`), so that they run again."""
+        dropped = self.stale()
+        for run_id in dropped:
+            print(f"[results] {run_id}: its record does not match the plan (or used a run that does not); "
+                  f"running it again", flush=True)
+            self.record_path(run_id).unlink()
+            (self.records_dir / f"{run_id}.yaml").unlink(missing_ok=True)
+        return dropped
+
     # ---- running -----------------------------------------------------------------------------------------------------
     def run_all(self, only: set[str] | None = None, limit: int | None = None) -> list[str]:
-        """Run every run without a record (those of the tables in `only`, when given), at most `limit` of them."""
+        """Run every run without a current record (those of the tables in `only`, when given), at most `limit` of
+        them; records that no longer match the plan are dropped first."""
+        self.drop_stale()
         done = []
         todo = [r for r in self.runs.values() if only is None or r.table in only]
         missing = [r for r in todo if self.record(r.id) is None]

@@ -57,8 +57,10 @@ def main(argv=None) -> Path:
     plot_dir = out / "plots" if out else Path("docs/results")
     runner = Runner(plan(QUICK if args.quick else FULL), records_dir, artifacts_dir, data_dir=args.data_dir)
     if args.list:
+        stale = set(runner.stale())
         for run in runner.runs.values():
-            print(f"{'recorded' if runner.record(run.id) else 'to run  '}  {run.table:<12} {run.id}")
+            state = "stale" if run.id in stale else "recorded" if runner.record(run.id) else "to run"
+            print(f"{state:<8}  {run.table:<12} {run.id}")
         return results_md
     if not args.tables_only:
         runner.run_all(only=set(args.tables) if args.tables else None, limit=args.max_runs)

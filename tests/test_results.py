@@ -164,10 +164,35 @@ def test_committed_records_give_the_committed_tables(tmp_path):
         assert match, f"RESULTS.md has no {name} section"
         assert match.group(1) == body, f"RESULTS.md's {name} table differs from its records: run " \
                                        "`python scripts/results.py --tables_only`"
+    stale = Runner(plan(FULL), ROOT / "results" / "runs", ROOT / "artifacts" / "results").stale()
+    assert stale == [], f"committed records that no longer match the plan: {stale}"
     for record in records:  # each record names the config it ran, and that config is committed
         if record["kind"] in ("fit", "validate"):
             config = ROOT / record["command"].split("--config ", 1)[1]
             assert config.exists() and yaml.safe_load(config.read_text())["seed_everything"] == record["seed"]
+
+
+def test_records_that_no_longer_match_the_plan_are_run_again(tmp_path):
+    """A record whose run changed in the plan (options, config, kind, seed) is stale, and so is every record that used
+    its output; `run_all` drops them first, so they run again."""
+    def runs(lr):
+        return [Run("a", "t", "fit", "configs/x.yaml", {"model.init_args.lr": lr}),
+                Run("b", "t", "validate", "configs/x.yaml", {"model.init_args.pretrained": "@a"}),
+                Run("c", "t", "fit", "configs/x.yaml", {"trainer.max_steps": (1, 2)}, seed=2)]
+
+    records = tmp_path / "runs"
+    records.mkdir()
+    for run in runs(1e-4):
+        (records / f"{run.id}.json").write_text(json.dumps({"id": run.id, "kind": run.kind, "config": run.config,
+                                                            "options": run.options, "seed": run.seed}))
+        (records / f"{run.id}.yaml").write_text("seed_everything: 1\n")
+    assert Runner(runs(1e-4), records, tmp_path / "artifacts").stale() == []  # tuples recorded as lists still match
+    runner = Runner(runs(3e-5), records, tmp_path / "artifacts")
+    assert runner.stale() == ["a", "b"]  # b used a's output
+    assert runner.drop_stale() == ["a", "b"]
+    assert sorted(p.name for p in records.iterdir()) == ["c.json", "c.yaml"]
+    reseeded = [Run(r.id, r.table, r.kind, r.config, r.options, seed=3) for r in runs(1e-4)]
+    assert Runner(reseeded, records, tmp_path / "artifacts").stale() == ["c"]
 
 
 # ---- end to end: --quick ----------------------------------------------------------------------------------------------------
