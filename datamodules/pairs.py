@@ -6,7 +6,10 @@ Two steps, so a resumed run sees the same pairs and the cache stays independent 
    whole (the same ids FULL-SENTENCES gets), cut into sentences by `split_sentences`, and the sentences are grouped
    into chunks of at most `budget` tokens (`budget` = max_seq_length minus the pair's special tokens). A chunk is cut
    at a sentence boundary into segment A (`first`) and its true continuation B (`second`): SEGMENT-PAIR chunks hold as
-   many sentences as fit (BERT's format), SENTENCE-PAIR chunks exactly two sentences. The cut of a SEGMENT-PAIR chunk
+   many sentences as fit (BERT's format), SENTENCE-PAIR chunks exactly two sentences. As in BERT's
+   `create_pretraining_data.py`, a SEGMENT-PAIR chunk is built to a shorter random length, uniform in [2, budget], with
+   probability `short_seq_prob` (BERT's and ALBERT's 0.1), so the model also sees short inputs; the draw is seeded by
+   (document index, chunk index). Such a chunk holds at least one piece. The cut of a SEGMENT-PAIR chunk
    is drawn at build time from a generator seeded by (document index, chunk index), as BERT's `a_end`. A sentence
    longer than budget / 2 is cut into pieces of budget / 2 tokens, and a document's last chunk with one piece only is
    cut at its middle token, so every chunk has a non-empty A and B. Pairs never cross a document, nor a split (each
@@ -39,6 +42,8 @@ PAIR_PACKINGS = ("segment_pair", "sentence_pair")
 SENTENCE_OBJECTIVES = ("none", "nsp", "sop")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[^\sa-z])")
 _PAIR_STREAM = 0x5E6  # the pair generator's own stream, apart from the masks' (masking.py hashes other streams)
+_SHORT_STREAM = 0x5E7  # the stream of the short-chunk draws, apart from the chunk's cut (a_end)
+BERT_SHORT_SEQ_PROB = 0.1  # BERT's (and ALBERT's) short_seq_prob: chunks built to a random shorter length
 
 
 def split_sentences(text: str) -> list[int]:
@@ -57,10 +62,20 @@ def sentence_lengths(offsets: list[tuple[int, int]], starts: list[int]) -> np.nd
     return counts[counts > 0]
 
 
+def chunk_target(budget: int, short_seq_prob: float, document: int, chunk: int) -> int:
+    """Tokens chunk `chunk` of `document` is built to: `budget`, or with probability `short_seq_prob` a length drawn
+    uniformly from [2, budget] (BERT's `target_seq_length`)."""
+    if short_seq_prob <= 0:
+        return budget
+    rng = np.random.default_rng([document, chunk, _SHORT_STREAM])
+    return int(rng.integers(2, budget + 1)) if rng.random() < short_seq_prob else budget
+
+
 def document_chunks(ids: np.ndarray, lengths: np.ndarray, budget: int, max_pieces: int | None,
-                    document: int) -> list[tuple[np.ndarray, np.ndarray]]:
+                    document: int, short_seq_prob: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(A, B) pairs of one document: pieces (sentences, long ones cut to budget // 2 tokens) grouped into chunks of at
-    most `budget` tokens and `max_pieces` pieces (None: as many as fit), each cut at a piece boundary."""
+    most `budget` tokens (a shorter drawn target with probability `short_seq_prob`, at least one piece) and
+    `max_pieces` pieces (None: as many as fit), each cut at a piece boundary."""
     half = max(1, budget // 2)
     pieces, start = [], 0
     for n in lengths.tolist():
@@ -68,17 +83,19 @@ def document_chunks(ids: np.ndarray, lengths: np.ndarray, budget: int, max_piece
             pieces.append(ids[cut: min(cut + half, start + n)])
         start += n
     chunks, current, size = [], [], 0
+    target = chunk_target(budget, short_seq_prob, document, 0)
     for piece in pieces:
-        if current and (size + len(piece) > budget or (max_pieces and len(current) == max_pieces)):
+        if current and (size + len(piece) > target or (max_pieces and len(current) == max_pieces)):
             chunks.append(current)
             current, size = [], 0
+            target = chunk_target(budget, short_seq_prob, document, len(chunks))
         current.append(piece)
         size += len(piece)
     if current:
         chunks.append(current)
     pairs = []
     for c, chunk in enumerate(chunks):
-        if len(chunk) == 1:  # a document's last chunk holding one piece: cut it at its middle token
+        if len(chunk) == 1:  # a document's last chunk (or a short one) holding one piece: cut it at its middle
             piece = chunk[0]
             if len(piece) >= 2:
                 pairs.append((piece[: len(piece) // 2], piece[len(piece) // 2:]))
@@ -89,7 +106,8 @@ def document_chunks(ids: np.ndarray, lengths: np.ndarray, budget: int, max_piece
     return pairs
 
 
-def pair_examples(batch: dict, indices: list[int], *, tokenizer, budget: int, max_pieces: int | None) -> dict:
+def pair_examples(batch: dict, indices: list[int], *, tokenizer, budget: int, max_pieces: int | None,
+                  short_seq_prob: float = 0.0) -> dict:
     """`Dataset.map` body: documents -> rows of `first` (A), `second` (B, its continuation), `document_index`,
     `length` (tokens of the encoded pair, for length grouping)."""
     encoded = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
@@ -97,7 +115,8 @@ def pair_examples(batch: dict, indices: list[int], *, tokenizer, budget: int, ma
     out = {"first": [], "second": [], "document_index": [], "length": []}
     for d, text, ids, offsets in zip(indices, batch["text"], encoded["input_ids"], encoded["offset_mapping"]):
         lengths = sentence_lengths(offsets, split_sentences(text))
-        for first, second in document_chunks(np.asarray(ids, dtype=np.int32), lengths, budget, max_pieces, d):
+        for first, second in document_chunks(np.asarray(ids, dtype=np.int32), lengths, budget, max_pieces, d,
+                                             short_seq_prob):
             out["first"].append(first)
             out["second"].append(second)
             out["document_index"].append(d)

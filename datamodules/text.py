@@ -20,7 +20,7 @@ from datamodules.corpus import (TEXT_LAYOUTS, Source, block_counts, documents_da
                                 owner_starts, pack_doc_sentences, pack_full_sentences,
                                 tokenize_batch_size, tokenize_documents)
 from datamodules.files import DataFormatError
-from datamodules.pairs import PAIR_PACKINGS, SENTENCE_OBJECTIVES
+from datamodules.pairs import BERT_SHORT_SEQ_PROB, PAIR_PACKINGS, SENTENCE_OBJECTIVES
 from models.mlm import IGNORE_INDEX
 
 BATCH_COLUMNS = ["input_ids", "example_index"]  # (+ "epoch" in streamed batches: the pass the block comes from)
@@ -56,6 +56,7 @@ class TextCorpusDataModule(LitBertDataModule):
             "segment_pair" (pairs of multi-sentence segments, BERT's input) or "sentence_pair" (pairs of sentences).
         sentence_objective: the pair formats' labels: "none", "nsp" (half the B segments from another document) or
             "sop" (half the pairs swapped); MaskedLMModule's `sentence_objective` must be the same.
+        short_seq_prob: segment_pair: the fraction of segment chunks built to a random shorter length (BERT's 0.1).
         drop_last_block: drop the corpus' final partial block.
         mlm_probability: fraction of the tokens selected for prediction (`datamodules.masking.MLMMasker`).
         masking: "dynamic" (a new mask per epoch) or "static" (`static_duplicates` fixed masks used in turn).
@@ -86,6 +87,7 @@ class TextCorpusDataModule(LitBertDataModule):
         shuffle_buffer: int = 10000,
         packing: Literal["full_sentences", "doc_sentences", "segment_pair", "sentence_pair"] = "full_sentences",
         sentence_objective: Literal["none", "nsp", "sop"] = "none",
+        short_seq_prob: float = BERT_SHORT_SEQ_PROB,
         drop_last_block: bool = True,
         mlm_probability: float = 0.15,
         masking: Literal["dynamic", "static"] = "dynamic",
@@ -116,6 +118,8 @@ class TextCorpusDataModule(LitBertDataModule):
         if sentence_objective != "none" and packing not in PAIR_PACKINGS:
             raise ValueError(f"sentence_objective {sentence_objective!r} needs pairs: set packing to segment_pair or "
                              f"sentence_pair (got {packing!r})")
+        if not 0.0 <= short_seq_prob <= 1.0:
+            raise ValueError(f"short_seq_prob must be a probability in [0, 1], got {short_seq_prob}")
         if streaming and packing in PAIR_PACKINGS:
             raise ValueError(f"packing {packing!r} is built in the cached mode only: set streaming false")
         if masking not in ("dynamic", "static"):
@@ -135,7 +139,7 @@ class TextCorpusDataModule(LitBertDataModule):
         self.text_column, self.text_layout, self.encoding = text_column, text_layout, encoding
         self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
         self.packing, self.drop_last_block = packing, drop_last_block
-        self.sentence_objective = sentence_objective
+        self.sentence_objective, self.short_seq_prob = sentence_objective, short_seq_prob
         self.masker_kwargs = dict(mlm_probability=mlm_probability, seed=mask_seed, whole_word_mask=whole_word_mask,
                                   static_duplicates=static_duplicates if masking == "static" else None,
                                   mlm_smoothing=mlm_smoothing)
@@ -167,7 +171,8 @@ class TextCorpusDataModule(LitBertDataModule):
         limit = self.max_samples[split]
         key = self.cache_key(sources=[self.source_key(s) for s in sources], text_layout=self.text_layout,
                              text_column=self.text_column, encoding=self.encoding, packing=self.packing,
-                             max_seq_length=self.max_seq_length, limit=limit, drop_last_block=self.drop_last_block)
+                             max_seq_length=self.max_seq_length, limit=limit, drop_last_block=self.drop_last_block,
+                             **({"short_seq_prob": self.short_seq_prob} if self.packing == "segment_pair" else {}))
         return self.cached_dataset(f"mlm-{split}", key, partial(self.build_blocks, sources, split, limit))
 
     def build_blocks(self, sources: list[Source], split: str, limit: int | None, workdir):
@@ -229,7 +234,8 @@ class TextCorpusDataModule(LitBertDataModule):
         features = datasets.Features({"first": Sequence(Value("int32")), "second": Sequence(Value("int32")),
                                       "document_index": Value("int64"), "length": Value("int64")})
         build = partial(pair_examples, tokenizer=self.tokenizer, budget=budget,
-                        max_pieces=2 if self.packing == "sentence_pair" else None)
+                        max_pieces=2 if self.packing == "sentence_pair" else None,
+                        short_seq_prob=self.short_seq_prob if self.packing == "segment_pair" else 0.0)
         pairs = open_arrow_files(map_in_chunks(
             docs, build, name="pairs", workdir=workdir, rows_per_chunk=chunk, num_proc=self.num_proc,
             with_indices=True, batch_size=batch, writer_batch_size=1024, remove_columns=docs.column_names,

@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from datamodules.pairs import PairTemplate, document_chunks, pair_generator, sentence_lengths, split_sentences
+from datamodules.pairs import (PairTemplate, chunk_target, document_chunks, pair_generator, sentence_lengths,
+                              split_sentences)
 
 WORDS = "the game was released in and its story follows a team of players who won the cup".split()
 
@@ -77,6 +78,30 @@ def test_document_chunks_cover_the_document_within_the_budget():
     assert document_chunks(ids[:1], np.array([1]), 24, None, 0) == []  # one token makes no pair
 
 
+def test_short_seq_prob_builds_some_chunks_to_a_random_shorter_length():
+    """BERT's short_seq_prob: with probability p a chunk's target is uniform in [2, budget]; the rest fill the budget."""
+    lengths = np.random.default_rng(0).integers(3, 15, size=600)  # 600 sentences of one document
+    ids = np.arange(lengths.sum(), dtype=np.int32)
+
+    def sizes(pairs):
+        return [len(a) + len(b) for a, b in pairs]
+
+    full = document_chunks(ids, lengths, 64, None, document=5)
+    assert sizes(document_chunks(ids, lengths, 64, None, 5, short_seq_prob=0.0)) == sizes(full)
+    short = document_chunks(ids, lengths, 64, None, 5, short_seq_prob=0.1)
+    assert sizes(document_chunks(ids, lengths, 64, None, 5, short_seq_prob=0.1)) == sizes(short)  # deterministic
+    assert np.array_equal(np.concatenate([np.concatenate(p) for p in short]), ids)  # contiguous, in order
+    assert all(len(a) and len(b) and len(a) + len(b) <= 64 for a, b in short)
+    targets = np.array([chunk_target(64, 0.1, 5, c) for c in range(len(short))])
+    assert 0.03 < np.mean(targets < 64) < 0.2  # about one chunk in ten is short (BERT: 10%)
+    # a full chunk stops when the next sentence (at most 14 tokens) would not fit: at least 51 tokens but the last
+    assert sum(n < 40 for n in sizes(full)[:-1]) == 0
+    short_ones = [n for n, t in zip(sizes(short), targets) if t < 40]
+    assert short_ones and all(n < 40 + 14 for n in short_ones)
+    drawn = np.array([chunk_target(64, 1.0, d, 0) for d in range(2000)])  # always short: uniform over [2, 64]
+    assert drawn.min() == 2 and drawn.max() == 64 and abs(drawn.mean() - 33) < 1.5
+
+
 @pytest.mark.parametrize("objective", ["nsp", "sop"])
 def test_about_half_of_the_pairs_are_negatives_of_the_right_kind(pair_dm, objective):
     dm = pair_dm(sentence_objective=objective)
@@ -114,6 +139,9 @@ def test_segment_pairs_fill_the_block_with_several_sentences(pair_dm):
     data = pair_dm(packing="segment_pair").datasets["train"]
     lengths = data.pair_lengths
     assert lengths.max() <= 128 and np.median(lengths) > 80  # filled up to the block length, not one sentence each
+    # short_seq_prob (default 0.1, BERT's) is part of the cache key: without it, more of the pairs fill the block
+    full = pair_dm(packing="segment_pair", short_seq_prob=0.0).datasets["train"].pair_lengths
+    assert len(full) < len(lengths) and np.mean(full > 100) > np.mean(lengths > 100)
 
 
 def test_pairs_are_a_function_of_seed_epoch_and_index(pair_dm):
@@ -169,6 +197,8 @@ def test_pair_option_errors(text_dm, tmp_path):
         text_dm(packing="segment_pair", streaming=True)
     with pytest.raises(ValueError, match="sentence_objective must be one of"):
         text_dm(packing="segment_pair", sentence_objective="both")
+    with pytest.raises(ValueError, match=r"short_seq_prob must be a probability in \[0, 1\], got 1.5"):
+        text_dm(packing="segment_pair", short_seq_prob=1.5)
     one = write_marked_corpus(tmp_path / "one.txt", 1)
     with pytest.raises(ValueError, match="one document only"):
         text_dm(val_files=[str(one)], text_layout="lines", packing="segment_pair",
