@@ -1,5 +1,6 @@
 """Masked language models: build one (RoBERTa/BERT/DistilBERT from a size, or any HF masked LM from a directory), split
-it into encoder and LM head, and compute the vocabulary projection only at the masked positions ("sparse prediction").
+it into encoder and LM head (BERT, RoBERTa-likes, DistilBERT, ELECTRA, ALBERT, DeBERTa-v2, ModernBERT), and compute
+the vocabulary projection only at the masked positions ("sparse prediction").
 
 Sparse prediction is what fairseq, cramming and academic-budget-bert do: with 15% of tokens masked, projecting only
 those hidden states onto the vocabulary saves ~85% of the largest matrix product of a small model and of the
@@ -48,47 +49,114 @@ class DistilBertMLMHead(nn.Module):
         return self.vocab_projector(self.transform(hidden))
 
 
-class RobertaLMHeadTransform(nn.Module):
-    """The part of a RoBERTa-like LM head (`dense`, gelu, `layer_norm`, then `decoder`) before its `decoder`."""
+class LMHeadTransform(nn.Module):
+    """norm(activation(dense(x))): the part before the vocabulary projection of the LM heads of RoBERTa-likes (gelu,
+    `dense`, `layer_norm`), ALBERT (`dense`, `activation`, `LayerNorm`) and DeBERTa-v2's non-legacy head."""
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, dense: nn.Linear, activation, norm: nn.Module):
+        """
+        Args:
+            dense: the head's first Linear (H -> E).
+            activation: the function (or module) applied after it.
+            norm: the LayerNorm applied last.
+        """
         super().__init__()
-        self.dense, self.layer_norm = head.dense, head.layer_norm
+        self.dense, self.activation, self.norm = dense, activation, norm
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.layer_norm(gelu(self.dense(hidden)))
+        return self.norm(self.activation(self.dense(hidden)))
+
+
+class TiedProjection(nn.Module):
+    """x @ weight^T + bias with a weight held elsewhere: DeBERTa-v2's non-legacy head projects onto the word
+    embeddings inside its forward (no Linear module); `weight` and `bias` as nn.Linear names them, which is all
+    `lightning_modules.distill_losses.fused_kl_and_mlm` reads."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None):
+        """
+        Args:
+            weight: [V, E] the word-embedding matrix (the same Parameter, not a copy).
+            bias: [V] the output bias, or None.
+        """
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(hidden, self.weight, self.bias)
+
+
+class LMHead(nn.Module):
+    """projection(transform(x)): an LM head assembled from a masked LM's own modules, for the families whose head is
+    not one module with a known layout (ELECTRA, ALBERT, ModernBERT, DeBERTa-v2's non-legacy head)."""
+
+    def __init__(self, transform: nn.Module, projection: nn.Module):
+        """
+        Args:
+            transform: [..., H] -> [..., E], everything before the vocabulary projection.
+            projection: [..., E] -> [..., V] (an nn.Linear or a `TiedProjection`).
+        """
+        super().__init__()
+        self.transform, self.projection = transform, projection
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.transform(hidden))
+
+
+def assembled_lm_head(model: PreTrainedModel) -> LMHead | None:
+    """The LM head of an ELECTRA, ALBERT, ModernBERT or non-legacy DeBERTa-v2 masked LM (each model's forward
+    computes its logits from the encoder's last hidden state as here), or None for another model."""
+    kind = model.config.model_type
+    if kind == "electra":  # generator_lm_head(generator_predictions(x))
+        return LMHead(model.generator_predictions, model.generator_lm_head)
+    if kind == "albert":  # predictions: decoder(LayerNorm(activation(dense(x))))
+        head = model.predictions
+        return LMHead(LMHeadTransform(head.dense, head.activation, head.LayerNorm), head.decoder)
+    if kind == "modernbert":  # decoder(head(x)); `head` is norm(act(dense(x)))
+        return LMHead(model.head, model.decoder)
+    if kind == "deberta-v2" and hasattr(model, "lm_predictions"):  # legacy: False; legacy heads are BERT's (`cls`)
+        head = model.lm_predictions.lm_head  # its forward: LayerNorm(act(dense(x))) @ word_embeddings^T + bias
+        return LMHead(LMHeadTransform(head.dense, head.transform_act_fn, head.LayerNorm),
+                      TiedProjection(model.get_input_embeddings().weight, head.bias))
+    return None
 
 
 def split_masked_lm(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
     """(encoder, head) of a Hugging Face masked LM: encoder(input_ids, attention_mask)[0] is [B, L, H], head maps
-    [..., H] to [..., V]. Works for BERT (`bert`, `cls`), RoBERTa-likes (`roberta`, `lm_head`) and DistilBERT."""
+    [..., H] to [..., V]. Works for BERT (`bert`, `cls`), RoBERTa-likes (`roberta`, `lm_head`), DistilBERT, ELECTRA,
+    ALBERT, DeBERTa-v2 (legacy `cls` or `lm_predictions`) and ModernBERT; tests check head(x) == the model's logits."""
     encoder = model.base_model
     if encoder is model:
         raise TypeError(f"{type(model).__name__} is a bare encoder, not a masked LM (load it with AutoModelForMaskedLM)")
     if isinstance(model, DistilBertForMaskedLM):
         return encoder, DistilBertMLMHead(model)
-    for name in ("lm_head", "cls"):  # RoBERTa/XLM-R/CamemBERT; BERT
+    head = assembled_lm_head(model) if type(model).__name__.endswith("ForMaskedLM") else None
+    if head is not None:
+        return encoder, head
+    for name in ("lm_head", "cls"):  # RoBERTa/XLM-R/CamemBERT; BERT, legacy DeBERTa-v2
         head = getattr(model, name, None)
         if isinstance(head, nn.Module):
             return encoder, head
     raise TypeError(
         f"sparse MLM does not know the LM head of {type(model).__name__}: expected a BERT (`cls`), RoBERTa-like "
-        "(`lm_head`) or DistilBERT masked LM"
+        "(`lm_head`), DistilBERT, ELECTRA, ALBERT, DeBERTa-v2 or ModernBERT masked LM"
     )
 
 
-def lm_head_parts(head: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+def lm_head_parts(head: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(transform, projection) of an LM head from `split_masked_lm`, head(x) == projection(transform(x)), or None
-    for a head not known here. Lets a loss take the vocabulary projection in its own hands (see
-    `lightning_modules.distill_losses.fused_kl_and_mlm`); tests/models/test_mlm.py checks the identity per model."""
+    for a head not known here; the projection is an nn.Linear or a `TiedProjection` (`weight`, `bias`). Lets a loss
+    take the vocabulary projection in its own hands (see `lightning_modules.distill_losses.fused_kl_and_mlm`);
+    tests/models/test_mlm.py and tests/lightning_modules/test_distill_families_mlm.py check the identity per model."""
     if isinstance(head, DistilBertMLMHead):
         return head.transform, head.vocab_projector
-    predictions = getattr(head, "predictions", None)  # BERT: cls.predictions.{transform, decoder}
+    if isinstance(head, LMHead):
+        return head.transform, head.projection
+    predictions = getattr(head, "predictions", None)  # BERT, legacy DeBERTa-v2: cls.predictions.{transform, decoder}
     if predictions is not None and isinstance(getattr(predictions, "decoder", None), nn.Linear):
         return predictions.transform, predictions.decoder
     # RoBERTa, XLM-R, CamemBERT: dense -> gelu -> layer_norm -> decoder (transformers' RobertaLMHead.forward)
     if type(head).__name__ in ROBERTA_LM_HEADS and isinstance(getattr(head, "decoder", None), nn.Linear):
-        return RobertaLMHeadTransform(head), head.decoder
+        return LMHeadTransform(head.dense, gelu, head.layer_norm), head.decoder
     return None
 
 

@@ -15,7 +15,9 @@ word and position embeddings, the embedding LayerNorm and the head.
                    the teacher's trained projection of [CLS] and has the right shape, but DistilBERT applies ReLU
                    where BERT's pooler applies tanh, so the copied head is a warm start, not an identical function.
     QA / token cls qa_outputs -> qa_outputs, classifier -> classifier
-- Any other teacher (RoBERTa, DistilBERT, or BERT with `architecture="same"`) -> the same class with fewer layers.
+- Any other teacher (RoBERTa, DistilBERT, ELECTRA, DeBERTa-v2, ModernBERT, or BERT with `architecture="same"`) -> the
+  same class with fewer layers. ALBERT shares one layer's weights across its depth: its student runs that layer
+  fewer times. ModernBERT's per-layer `layer_types` (global or sliding-window attention) follow the copied layers.
 
 `random_init=True` builds the same student architecture with fresh weights (the DistilBERT "random init" ablation).
 """
@@ -74,8 +76,10 @@ BERT_TO_DISTILBERT_HEAD = {
 # spreads the others evenly, as the public DistilBERT extraction does; "every_other" keeps layers 0, 2, 4, ...
 # (litbert's default before issue 13, which never kept the top layer of an even-depth teacher).
 LAYER_MAP_RULES = ("spread", "every_other")
-# Matches the per-layer parameters of BERT/RoBERTa (`encoder.layer.N.`) and DistilBERT (`transformer.layer.N.`).
-LAYER_KEY = re.compile(r"^(?P<prefix>.*?(?:encoder|transformer)\.layer\.)(?P<index>\d+)\.(?P<rest>.*)$")
+# Matches the per-layer parameters of BERT/RoBERTa (`encoder.layer.N.`), DistilBERT (`transformer.layer.N.`) and
+# ModernBERT (`model.layers.N.`, `layers.N.` in a bare ModernBertModel).
+LAYER_KEY = re.compile(
+    r"^(?P<prefix>(?:.*?(?:encoder|transformer)\.layer|(?:model\.)?layers)\.)(?P<index>\d+)\.(?P<rest>.*)$")
 
 
 def spread_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
@@ -228,6 +232,16 @@ def _with_bert_prefix(teacher: PreTrainedModel) -> dict:
     return state
 
 
+def set_depth(config, teacher_config, depth: int, layers: Sequence[int] | None = None) -> None:
+    """`config.num_hidden_layers = depth`, with the per-layer list ModernBERT keeps (`layer_types`, which its config
+    requires to be that long): the entries of the copied teacher `layers`, else the teacher's pattern repeated."""
+    config.num_hidden_layers = depth
+    types = getattr(teacher_config, "layer_types", None)
+    if types:
+        config.layer_types = [types[t] for t in layers] if layers is not None else \
+            [types[i % len(types)] for i in range(depth)]
+
+
 def extract_student(
     teacher: PreTrainedModel,
     layers: Sequence[int] | str | None = None,
@@ -256,8 +270,11 @@ def extract_student(
         student_config = distilbert_config_from_bert(config, len(layers))
     else:
         student_class = type(teacher)
+        if config.model_type == "modernbert" and layers[0] != 0:  # its layer 0 alone has no attention LayerNorm
+            raise ValueError(f"student_layers {list(layers)}: a ModernBERT student's first layer must copy the "
+                             "teacher's layer 0 (ModernBERT's first layer has no attention LayerNorm)")
         student_config = config.__class__.from_dict(config.to_dict())
-        student_config.num_hidden_layers = len(layers)
+        set_depth(student_config, config, len(layers), layers)
     dtype = next(teacher.parameters()).dtype
     student = student_class._from_config(student_config, attn_implementation=attn, dtype=dtype)
     if random_init:

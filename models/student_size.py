@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from transformers import PreTrainedModel
 
-from models.student import default_layer_map, extract_student
+from models.student import default_layer_map, extract_student, set_depth
 
 SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 WIDTH_KEYS = SIZE_KEYS[1:]
@@ -40,6 +40,7 @@ def sized_config(teacher: PreTrainedModel, size: Mapping[str, int]):
         if int(value) <= 0:
             raise ValueError(f"student_size: {key} must be > 0, got {value}")
         setattr(config, size_attribute(config, key), int(value))
+    set_depth(config, teacher.config, config.num_hidden_layers)  # ModernBERT's layer_types: one entry per layer
     for follower, key in FOLLOWERS.items():
         if getattr(teacher.config, follower, None) == getattr(teacher.config, key):
             setattr(config, follower, getattr(config, key))

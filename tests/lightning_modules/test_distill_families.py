@@ -80,13 +80,15 @@ def test_score_objectives_refuse_relative_attention_and_vocabularies_must_match(
 
 
 def test_general_distillation_refuses_an_unknown_lm_head_at_construction(tmp_path):
-    from transformers import ElectraForMaskedLM
+    """ELECTRA, ALBERT, DeBERTa-v2 and ModernBERT LM heads are known (test_distill_families_mlm.py); ConvBERT's is
+    not."""
+    from transformers import ConvBertConfig, ConvBertForMaskedLM
 
     from lightning_modules.distill import MaskedLMDistillationModule
 
-    out = tmp_path / "electra-mlm"
-    ElectraForMaskedLM(ElectraConfig(**{**SIZE, "num_labels": 2}, embedding_size=16)).save_pretrained(out)
-    with pytest.raises(TypeError, match="does not know the LM head of ElectraForMaskedLM"):
+    out = tmp_path / "convbert-mlm"
+    ConvBertForMaskedLM(ConvBertConfig(**{**SIZE, "num_labels": 2}, embedding_size=16)).save_pretrained(out)
+    with pytest.raises(TypeError, match="does not know the LM head of ConvBertForMaskedLM"):
         MaskedLMDistillationModule(teacher=str(out), vocab_size=60, pad_token_id=0)
 
 
