@@ -80,11 +80,15 @@ class MaskedLMDistillationModule(DistillationMixin, MaskedLMModule):
         self.save_own_hyperparameters()
         self.init_distillation(temperature, alpha_ce, alpha_cos, cos_layers, layerwise, layerwise_layers,
                                relation_heads, relation_teacher_layer)
-        for model in (self.teacher, self.model):  # before training: encoders and LM heads this module can run
-            split_masked_lm(model)
         # validation means of the terms over all their tokens (independent of batching, exact across processes)
         self.val_distill_means = nn.ModuleDict({name: MeanMetric() for name in self.term_names()})
         self.fused_workspace: dict = {}  # fused_kl_and_mlm's buffers, reused from step to step (not in checkpoints)
+
+    def check_lm_heads(self) -> None:
+        """Before training (called by MaskedLMModule's constructor): the encoders and LM heads of both models, which
+        every step runs apart (`split_masked_lm`), whatever `sparse_prediction` says."""
+        for model in (self.teacher, self.model):
+            split_masked_lm(model)
 
     @staticmethod
     def encode(model, batch: dict, hidden_states: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:

@@ -34,7 +34,7 @@ from lightning_modules.throughput import FlopsPerBatchMixin
 from models.flops import TRAINING_FACTOR, forward_flops
 from models.inputs import model_inputs
 from models.last_layer import trimmable
-from models.mlm import (IGNORE_INDEX, SentenceHead, build_masked_lm, sparse_mlm_logits,
+from models.mlm import (IGNORE_INDEX, SentenceHead, build_masked_lm, sparse_mlm_logits, split_masked_lm,
                         sparse_mlm_logits_and_first_token)
 from models.pretrained import check_data_fits_model, max_input_length
 
@@ -116,6 +116,7 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
                     hidden_dropout_prob=hidden_dropout_prob, attention_probs_dropout_prob=attention_probs_dropout_prob,
                     max_seq_length=max_seq_length, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
         self.model = self.build_model(pretrained, arch=arch, vocab_size=vocab_size, pad_token_id=pad_token_id, **size)
+        self.check_lm_heads()
         self.val_loss = MeanMetric()  # mean cross-entropy per masked token over the whole validation set
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self.val_accuracy = MulticlassAccuracy(num_classes=self.model.config.vocab_size, average="micro",
@@ -134,6 +135,15 @@ class MaskedLMModule(HFCheckpointMixin, FlopsPerBatchMixin, pl.LightningModule):
         """The model this module trains and exports (`models.mlm.build_masked_lm`); distillation builds its student
         here (lightning_modules/distill_base.py)."""
         return build_masked_lm(pretrained, **kwargs)
+
+    def check_lm_heads(self) -> None:
+        """Before training: sparse prediction needs an LM head `models.mlm.split_masked_lm` knows; one error line."""
+        if self.hparams.sparse_prediction:
+            try:
+                split_masked_lm(self.model)
+            except TypeError as error:
+                raise TypeError(f"{error}; model.init_args.sparse_prediction=false runs the model's own head") \
+                    from None
 
     # ---- checks that need the DataModule ---------------------------------------------------------------------------
     def max_input_length(self) -> int:

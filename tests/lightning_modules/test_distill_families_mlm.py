@@ -247,3 +247,20 @@ def test_a_student_of_another_family_needs_the_teachers_vocabulary(tmp_path, tok
     other = save_teacher(tmp_path / "bpe", bpe, "electra")
     with pytest.raises(ValueError, match="one shared vocabulary"):
         distiller(teacher, tokenizer, student=other, alpha_cos=0.0)
+
+
+def test_mlm_training_refuses_an_unknown_head_in_one_line_unless_dense(tmp_path, tokenizer):
+    """ConvBERT's LM head is not one `split_masked_lm` knows: sparse prediction is refused at construction (one line
+    naming the way out), the dense path runs the model's own head."""
+    from transformers import ConvBertConfig, ConvBertForMaskedLM
+
+    out = tmp_path / "convbert"
+    ConvBertForMaskedLM(ConvBertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                       embedding_size=16, **SIZE)).save_pretrained(out)
+    kwargs = dict(pretrained=str(out), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    with pytest.raises(TypeError, match=r"^sparse MLM does not know the LM head of ConvBertForMaskedLM.*"
+                                        r"sparse_prediction=false runs the model's own head$") as error:
+        MaskedLMModule(**kwargs)
+    assert "\n" not in str(error.value)
+    logits, targets = MaskedLMModule(**kwargs, sparse_prediction=False).masked_logits(mlm_batch(len(tokenizer)))
+    assert logits.shape == (targets.numel(), len(tokenizer))
