@@ -21,8 +21,9 @@ SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "interme
 WIDTH_KEYS = SIZE_KEYS[1:]
 # config attributes of families that name a size otherwise (DistilBERT maps the other three itself: attribute_map)
 SIZE_ALIASES = {"intermediate_size": "hidden_dim"}
-# config attributes that follow a size when the teacher had them equal to it (DeBERTa-v2's pooler width)
-FOLLOWERS = {"pooler_hidden_size": "hidden_size"}
+# config attributes that follow a size when the teacher had them equal to it (DeBERTa-v2's pooler width; the
+# factorised embedding width of ELECTRA and ALBERT, which else keeps the teacher's and adds a projection to the width)
+FOLLOWERS = {"pooler_hidden_size": "hidden_size", "embedding_size": "hidden_size"}
 
 
 def size_attribute(config, key: str) -> str:

@@ -264,3 +264,18 @@ def test_mlm_training_refuses_an_unknown_head_in_one_line_unless_dense(tmp_path,
     assert "\n" not in str(error.value)
     logits, targets = MaskedLMModule(**kwargs, sparse_prediction=False).masked_logits(mlm_batch(len(tokenizer)))
     assert logits.shape == (targets.numel(), len(tokenizer))
+
+
+def test_an_embedding_width_equal_to_the_hidden_size_follows_it(tmp_path, tokenizer):
+    """ELECTRA/ALBERT factorise the embeddings (embedding_size); a teacher without the factorisation gives a narrower
+    student without it, a factorised teacher keeps its embedding width."""
+    torch.manual_seed(0)
+    out = tmp_path / "electra-unfactorised"
+    ElectraForMaskedLM(ElectraConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, embedding_size=32,
+                                     **SIZE)).save_pretrained(out)
+    narrow = {"hidden_size": 16, "intermediate_size": 24}
+    student = distiller(str(out), tokenizer, alpha_cos=0.0, student_size=narrow).student
+    assert student.config.embedding_size == 16 and not hasattr(student.electra, "embeddings_project")
+    factorised = distiller(save_teacher(tmp_path, tokenizer, "albert"), tokenizer, alpha_cos=0.0,
+                           student_size={"hidden_size": 24, "intermediate_size": 24})
+    assert factorised.student.config.hidden_size == 24 and factorised.student.config.embedding_size == 16
