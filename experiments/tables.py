@@ -170,16 +170,21 @@ def temperature(records: list[dict]) -> str:
 
 
 def squad(records: list[dict]) -> str:
+    def metric(r: dict, test) -> float | None:
+        return next((v for k, v in r["metrics"].items() if k.startswith("val/") and test(k)), None)
+
+    runs = sorted((r for r in records if r["table"] == "squad"),
+                  key=lambda r: (r["labels"]["model"] != "teacher", r["labels"]["model"], r["seed"]))
+    teacher_f1 = {r["seed"]: metric(r, lambda k: k.endswith("f1")) for r in runs if r["labels"]["model"] == "teacher"}
     rows = []
-    for r in sorted((r for r in records if r["table"] == "squad"), key=lambda r: (r["labels"]["model"], r["seed"])):
-        m = r["metrics"]
-        em = next((v for k, v in m.items() if k.startswith("val/") and "exact" in k), None)
-        f1 = next((v for k, v in m.items() if k.startswith("val/") and k.endswith("f1")), None)
-        arts = r["options"]
-        rows.append([r["labels"]["model"], fmt(r["parameters"] / 1e6), fmt(em), fmt(f1),
-                     f"train {arts['data.init_args.train_articles']}, eval {arts['data.init_args.eval_articles']}",
-                     str(r["seed"])])
-    return table(["model", "params (M)", "EM", "F1", "dev-v1.1 articles [start, end)", "seed"], rows)
+    for r in runs:
+        em, f1 = metric(r, lambda k: "exact" in k), metric(r, lambda k: k.endswith("f1"))
+        kept = f1 / teacher_f1[r["seed"]] * 100 if f1 is not None and teacher_f1.get(r["seed"]) else None
+        (a, b), (c, d) = r["options"]["data.init_args.train_articles"], r["options"]["data.init_args.eval_articles"]
+        rows.append([r["labels"]["model"], fmt(r["parameters"] / 1e6), fmt(em), fmt(f1), fmt(kept),
+                     f"{a}-{b - 1} / {c}-{d - 1}", str(r["seed"])])
+    return table(["model", "params (M)", "EM", "F1", "F1 (% of teacher)", "dev-v1.1 articles: train / eval",
+                  "seed"], rows)
 
 
 # ---- plots -------------------------------------------------------------------------------------------------------------

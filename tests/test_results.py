@@ -153,6 +153,16 @@ def test_write_results_keeps_the_text_around_the_markers(tmp_path):
         assert f"<!-- results:{name} -->" in text
 
 
+def test_squad_table_gives_the_student_as_a_share_of_its_seeds_teacher():
+    options = {"data.init_args.train_articles": [0, 38], "data.init_args.eval_articles": [38, 48]}
+    records = [{"id": f"{m}", "table": "squad", "kind": "fit", "seed": 1, "labels": {"model": m}, "options": options,
+                "metrics": {"val/exact_match": em, "val/f1": f1}, "parameters": p}
+               for m, em, f1, p in [("student", 20.0, 30.0, 17_200_000), ("teacher", 50.0, 60.0, 22_700_000)]]
+    rows = sections(records)["squad"].splitlines()[2:]
+    assert rows == ["| teacher | 22.7 | 50.0 | 60.0 | 100.0 | 0-37 / 38-47 | 1 |",
+                    "| student | 17.2 | 20.0 | 30.0 | 50.0 | 0-37 / 38-47 | 1 |"]
+
+
 def test_committed_records_give_the_committed_tables(tmp_path):
     """RESULTS.md's generated sections are what the committed records give (nothing edited by hand, nothing stale)."""
     records = [json.loads(p.read_text()) for p in sorted((ROOT / "results" / "runs").glob("*.json"))]
