@@ -122,6 +122,13 @@ def measured(records: list[dict], models: list[dict], measure: str, key: str = "
                    and r["labels"].get("measure") == measure and score(r, key) is not None])
 
 
+def per_seed(records: list[dict], models: list[dict], measure: str, key: str = "val/score", digits: int = 2) -> str:
+    """`key` of the record that measured each of `models` with `measure`, in the models' seed order ("a / b / c")."""
+    by_model = {r["labels"].get("model"): r for r in records if r["labels"].get("measure") == measure}
+    values = [score(by_model[m["id"]], key) for m in sorted(models, key=lambda m: m["seed"]) if m["id"] in by_model]
+    return " / ".join(fmt(v, digits) for v in values)
+
+
 def variants_of(records: list[dict], table: str) -> list[str]:
     return list(dict.fromkeys(r["labels"]["variant"] for r in records if r["table"] == table))
 
@@ -150,9 +157,10 @@ def objectives(records: list[dict]) -> str:
     for variant in variants_of(records, "objectives"):
         models = scored_models(records, "objectives", variant, distilbert if variant.startswith("DistilBERT") else [])
         rows.append([variant, fmt(measured(records, models, "perplexity", "val/perplexity")),
-                     fmt(measured(records, models, "task-sst2")), seeds_of(models)])
+                     fmt(measured(records, models, "task-sst2")), per_seed(records, models, "task-sst2"),
+                     seeds_of(models)])
     return table(["general distillation objective", "WikiText-2 val perplexity", "SST-2 dev after task distillation",
-                  "seeds"], rows)
+                  "SST-2 per seed", "seeds"], rows)
 
 
 def temperature(records: list[dict]) -> str:

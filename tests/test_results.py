@@ -163,6 +163,20 @@ def test_squad_table_gives_the_student_as_a_share_of_its_seeds_teacher():
                     "| student | 17.2 | 20.0 | 30.0 | 50.0 | 0-37 / 38-47 | 1 |"]
 
 
+def test_objectives_table_lists_each_seeds_score_in_seed_order():
+    def run(model: str, seed: int) -> list[dict]:
+        labels = {"variant": "TinyBERT"}
+        return [{"id": model, "table": "objectives", "kind": "fit", "seed": seed, "labels": labels, "metrics": {}},
+                {"id": f"{model}-ppl", "table": "objectives", "kind": "validate", "seed": seed,
+                 "labels": {**labels, "model": model, "measure": "perplexity"},
+                 "metrics": {"val/perplexity": 800.0 + seed}},
+                {"id": f"{model}-sst2", "table": "objectives", "kind": "fit", "seed": seed,
+                 "labels": {**labels, "model": model, "measure": "task-sst2"}, "metrics": {"val/score": 60.0 + seed}}]
+    records = run("o-s3", 3) + run("o-s1", 1) + run("o-s2", 2)
+    row = sections(records)["objectives"].splitlines()[2]
+    assert row == "| TinyBERT | 802.0 | 62.0 | 61.00 / 62.00 / 63.00 | 3 seeds (1, 2, 3) |"
+
+
 def test_committed_records_give_the_committed_tables(tmp_path):
     """RESULTS.md's generated sections are what the committed records give (nothing edited by hand, nothing stale)."""
     records = [json.loads(p.read_text()) for p in sorted((ROOT / "results" / "runs").glob("*.json"))]
