@@ -178,15 +178,12 @@ def temperature(records: list[dict]) -> str:
 
 
 def squad(records: list[dict]) -> str:
-    def metric(r: dict, test) -> float | None:
-        return next((v for k, v in r["metrics"].items() if k.startswith("val/") and test(k)), None)
-
     runs = sorted((r for r in records if r["table"] == "squad"),
                   key=lambda r: (r["labels"]["model"] != "teacher", r["labels"]["model"], r["seed"]))
-    teacher_f1 = {r["seed"]: metric(r, lambda k: k.endswith("f1")) for r in runs if r["labels"]["model"] == "teacher"}
+    teacher_f1 = {r["seed"]: score(r, "val/f1") for r in runs if r["labels"]["model"] == "teacher"}
     rows = []
     for r in runs:
-        em, f1 = metric(r, lambda k: "exact" in k), metric(r, lambda k: k.endswith("f1"))
+        em, f1 = score(r, "val/exact_match"), score(r, "val/f1")
         kept = f1 / teacher_f1[r["seed"]] * 100 if f1 is not None and teacher_f1.get(r["seed"]) else None
         (a, b), (c, d) = r["options"]["data.init_args.train_articles"], r["options"]["data.init_args.eval_articles"]
         rows.append([r["labels"]["model"], fmt(r["parameters"] / 1e6), fmt(em), fmt(f1), fmt(kept),
