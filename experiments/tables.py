@@ -115,18 +115,20 @@ def scored_models(records: list[dict], table: str, variant: str, reused: list[di
             and "measure" not in r["labels"]] + reused
 
 
-def measured(records: list[dict], models: list[dict], measure: str, key: str = "val/score") -> float | None:
-    """Median over `models` of `key` in the record that measured each with `measure` (labels model + measure)."""
+def measurements(records: list[dict], models: list[dict], measure: str) -> list[dict]:
+    """The records that measured each of `models` with `measure` (labels model + measure)."""
     ids = {m["id"] for m in models}
-    return median([score(r, key) for r in records if r["labels"].get("model") in ids
-                   and r["labels"].get("measure") == measure and score(r, key) is not None])
+    return [r for r in records if r["labels"].get("model") in ids and r["labels"].get("measure") == measure]
 
 
-def per_seed(records: list[dict], models: list[dict], measure: str, key: str = "val/score", digits: int = 2) -> str:
-    """`key` of the record that measured each of `models` with `measure`, in the models' seed order ("a / b / c")."""
-    by_model = {r["labels"].get("model"): r for r in records if r["labels"].get("measure") == measure}
-    values = [score(by_model[m["id"]], key) for m in sorted(models, key=lambda m: m["seed"]) if m["id"] in by_model]
-    return " / ".join(fmt(v, digits) for v in values)
+def measured(records: list[dict], models: list[dict], measure: str, key: str = "val/score") -> float | None:
+    """Median over `models` of `key` in the record that measured each with `measure`."""
+    return median([score(r, key) for r in measurements(records, models, measure) if score(r, key) is not None])
+
+
+def in_seed_order(runs: list[dict], key: str = "val/score") -> str:
+    """`key` of each run, in seed order ("a / b / c", two decimals)."""
+    return " / ".join(fmt(score(r, key), 2) for r in sorted(runs, key=lambda r: r["seed"]))
 
 
 def variants_of(records: list[dict], table: str) -> list[str]:
@@ -157,7 +159,7 @@ def objectives(records: list[dict]) -> str:
     for variant in variants_of(records, "objectives"):
         models = scored_models(records, "objectives", variant, distilbert if variant.startswith("DistilBERT") else [])
         rows.append([variant, fmt(measured(records, models, "perplexity", "val/perplexity")),
-                     fmt(measured(records, models, "task-sst2")), per_seed(records, models, "task-sst2"),
+                     fmt(measured(records, models, "task-sst2")), in_seed_order(measurements(records, models, "task-sst2")),
                      seeds_of(models)])
     return table(["general distillation objective", "WikiText-2 val perplexity", "SST-2 dev after task distillation",
                   "SST-2 per seed", "seeds"], rows)
@@ -172,7 +174,7 @@ def temperature(records: list[dict]) -> str:
         groups.setdefault(r["labels"]["temperature"], []).append(r)
     order = sorted(groups, key=lambda k: (not k[0].isdigit(), float(k.split()[0]) if k[0].isdigit() else 0))
     rows = [[f"T = {k}", fmt(median([score(r) for r in groups[k] if score(r) is not None])),
-             " / ".join(fmt(score(r), 2) for r in sorted(groups[k], key=lambda r: r["seed"])), seeds_of(groups[k])]
+             in_seed_order(groups[k]), seeds_of(groups[k])]
             for k in order if groups[k]]
     return table(["temperature", "SST-2 dev (median)", "per seed", "seeds"], rows)
 
