@@ -19,7 +19,8 @@ difference).
 
 FLOPs per sample (the same for both methods, `models.flops`): the teacher's forward once and the student's forward
 three times (forward + backward), each with the LM head at every non-pad position, which is what the KL over all
-positions needs. MFU divides by the measured matmul peak (fp32 on the CPU, bf16 on a GPU, as the methods run).
+positions needs. MFU divides by the measured matmul peak of the dtype both compute in: bf16 (litbert's default
+bf16-mixed, the loop's `--bf16` autocast) where the device multiplies bf16 natively, fp32 otherwise or with `--fp32`.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, compare, device_peak_flops,  # noqa: E402
-                                lightning_steps_done, machine_line, periodic_work_past, print_table)
+                                lightning_precision, lightning_steps_done, machine_line, periodic_work_past,
+                                print_table, run_dtype)
 
 CONFIG = "configs/distill/roberta_general.yaml"
 TRAIN_FILE = "wikitext-2/train.txt"
@@ -84,8 +86,9 @@ def main():
     args = parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    peak, dtype = device_peak_flops(args.device)
-    print(machine_line(peak, args.device, dtype))
+    dtype = run_dtype(args.device, args.fp32)  # litbert's and the reference loop's
+    peak = device_peak_flops(args.device, [dtype])
+    print(machine_line(peak, args.device))
     from models.flops import forward_flops
 
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
@@ -114,15 +117,15 @@ def main():
                         f"--data.init_args.tokenizer={teacher_dir}", f"--data.init_args.data_dir={data_dir}",
                         f"--trainer.max_steps={steps}", f"--trainer.accelerator={'gpu' if cuda else 'cpu'}",
                         "--trainer.enable_progress_bar=false",
-                        "--model.init_args.student_layers=[0,2]", *extra]  # the reference loop's layers
-            return Method(name, command, env, lightning_steps_done)
+                        "--model.init_args.student_layers=[0,2]", *lightning_precision(dtype), *extra]
+            return Method(name, command, env, lightning_steps_done, dtype)  # student_layers: the reference's
 
         def reference(steps: int) -> list[str]:
             return [sys.executable, str(REPO / "benchmarks" / "reference" / "distill_general_loop.py"),
                     "--teacher", str(teacher_dir), "--blocks", str(blocks_file), "--steps", str(steps),
-                    "--batch_size", str(BATCH), "--device", args.device]
+                    "--batch_size", str(BATCH), "--device", args.device, *(["--bf16"] if dtype == "bf16" else [])]
 
-        methods = [Method("reference (DistilBERT loop)", reference, env), litbert([], "litbert")]
+        methods = [Method("reference (DistilBERT loop)", reference, env, dtype=dtype), litbert([], "litbert")]
         if args.plain_loss:
             methods.append(litbert(["--model.init_args.fused_lm_loss=false"], "litbert fused_lm_loss=false"))
         measured = compare(methods, args.short, args.long, args.repeats)

@@ -5,7 +5,8 @@ DistilBERT-style task distillation does per step (benchmarks/reference/distill_t
 Teacher: the packaged MiniLM-L6 (6 layers, hidden 384) with a new, untrained classification head, saved with its
 tokenizer into a temporary folder (accuracy does not matter for timing: every method does the same arithmetic whatever
 the weights). Student: its DistilBERT extraction of layers [0, 2, 4]. Batch 32, max_seq_length 128, the first
-`--max_train_samples` SST-2 training rows, random order, dynamic padding; bf16 on CUDA.
+`--max_train_samples` SST-2 training rows, random order, dynamic padding; bf16 autocast for every method where the
+device multiplies bf16 natively (litbert's default bf16-mixed; `--fp32`: every method in fp32).
 
 Timing (benchmarks/harness.py): every method runs `--short_epochs` and `--epochs` epochs as separate processes,
 alternating; per-epoch time = (T_long - T_short) / (long - short), so start-up (imports, model loading, the cached
@@ -17,8 +18,8 @@ last.ckpt at every epoch end, the HF export at the end). litbert's tokenized tra
 timed runs (a cache in a temporary folder), as for any run after a user's first.
 
 MFU: FLOPs per example = the teacher's forward (1x) + the student's forward and backward (3x), each on the example's
-own length (models/flops.py; no padding), the same numerator for every method, over the measured matmul peak (fp32
-on CPU, bf16 on CUDA). litbert with the cache computes fewer FLOPs than that (the teacher's forward once per run, not
+own length (models/flops.py; no padding), the same numerator for every method, over the measured matmul peak of the
+dtype they compute in. litbert with the cache computes fewer FLOPs than that (the teacher's forward once per run, not
 per epoch): its MFU is "useful work per second", a speed figure, and can be read as such.
 
     DATA_DIR=/work/shared/data python benchmarks/distill_task.py --max_train_samples 4000 --epochs 3 --short_epochs 1
@@ -35,8 +36,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import (REPO, Method, compare, machine_line, matmul_peak_flops,  # noqa: E402
-                                print_table)
+from benchmarks.harness import (REPO, Method, compare, device_peak_flops, lightning_precision,  # noqa: E402
+                                machine_line, print_table, run_dtype)
 
 CONFIG = "configs/distill/glue.yaml"
 # the student of both methods (the reference loop extracts the same layers): the map configs/distill/glue.yaml used
@@ -56,6 +57,7 @@ def parse_args():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of every run and of the peak measurement (OMP_NUM_THREADS; default: torch's)")
+    p.add_argument("--fp32", action="store_true", help="every method in fp32, as on hardware without native bf16")
     args = p.parse_args()
     if not args.data_dir:
         sys.exit("give --data_dir or set DATA_DIR (the folder that holds glue/SST-2/train.tsv)")
@@ -102,10 +104,10 @@ def flops_per_example(teacher_dir: Path, lengths: list[int]) -> float:
     return mean_example_flops(teacher, lengths, factor=1) + mean_example_flops(student, lengths)
 
 
-def methods(args, teacher: Path, work: Path, cache_dir: Path) -> list[Method]:
-    # precision: train.py's default (lightning_modules/precision.py), bf16-mixed on a GPU that has bf16
+def methods(args, teacher: Path, work: Path, cache_dir: Path, dtype: str) -> list[Method]:
     device = (["--trainer.accelerator=gpu", "--trainer.devices=1"]
               if args.device.startswith("cuda") else ["--trainer.accelerator=cpu"])
+    device += lightning_precision(dtype)
 
     threads = {} if args.threads is None else {"OMP_NUM_THREADS": str(args.threads)}
 
@@ -122,31 +124,32 @@ def methods(args, teacher: Path, work: Path, cache_dir: Path) -> list[Method]:
                     "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
                     "--trainer.enable_progress_bar=false",
                     f"--model.init_args.student_layers=[{','.join(map(str, STUDENT_LAYERS))}]", *device, *extra]
-        return Method(name, command, env={"LITBERT_CACHE": str(cache_dir), **threads})
+        return Method(name, command, env={"LITBERT_CACHE": str(cache_dir), **threads}, dtype=dtype)
 
     def reference(epochs: int) -> list[str]:
         return [sys.executable, str(REPO / "benchmarks" / "reference" / "distill_task_loop.py"),
                 f"--teacher={teacher}", f"--data_dir={args.data_dir}",
                 f"--max_train_samples={args.max_train_samples}", f"--epochs={epochs}",
-                f"--batch_size={args.batch_size}", f"--max_seq_length={args.max_seq_length}", f"--device={args.device}"]
+                f"--batch_size={args.batch_size}", f"--max_seq_length={args.max_seq_length}", f"--device={args.device}",
+                *(["--bf16"] if dtype == "bf16" else [])]
 
-    return [Method("plain PyTorch loop", reference, env=threads),
+    return [Method("plain PyTorch loop", reference, env=threads, dtype=dtype),
             litbert("litbert, teacher per step", "--model.init_args.cache_teacher_logits=false"),
             litbert("litbert, cached teacher logits")]
 
 
 def print_whole_runs(measured, epochs: int, examples: int, tokens_per_example: float, flops_per_sample: float,
-                     peak: float, baseline: str) -> None:
+                     peak: dict[str, float], baseline: str) -> None:
     """The `epochs`-epoch run of each method, start-up and caching included (start-up + epochs x per-epoch time:
     the long runs' wall time for one repeat)."""
     totals = {m.name: m.startup_s + epochs * m.step_s for m in measured}
     print(f"\nWhole {epochs}-epoch runs, start-up included:\n")
-    print(f"| method | wall | samples/s | tokens/s | MFU | speed vs {baseline} |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| method | precision | wall | samples/s | tokens/s | MFU | speed vs {baseline} |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for m in measured:
         samples = examples * epochs / totals[m.name]
-        print(f"| {m.name} | {totals[m.name]:.1f} s | {samples:.1f} | {samples * tokens_per_example:,.0f} | "
-              f"{100 * samples * flops_per_sample / peak:.1f}% | {totals[baseline] / totals[m.name]:.2f}x |")
+        print(f"| {m.name} | {m.dtype} | {totals[m.name]:.1f} s | {samples:.1f} | {samples * tokens_per_example:,.0f} "
+              f"| {100 * samples * flops_per_sample / peak[m.dtype]:.1f}% | {totals[baseline] / totals[m.name]:.2f}x |")
 
 
 def main():
@@ -159,24 +162,21 @@ def main():
         cache_dir = work / "cache"
         lengths = tokenized_lengths(args, teacher, cache_dir)
         flops = flops_per_example(teacher, lengths)
-        peak = matmul_peak_flops(device=args.device)
+        dtype = run_dtype(args.device, args.fp32)
+        peak = device_peak_flops(args.device, [dtype])
         print(machine_line(peak, args.device))
-        mfu_peak = peak
-        if args.device.startswith("cuda"):
-            mfu_peak = matmul_peak_flops(size=8192, device=args.device, dtype=torch.bfloat16)
-            print(f"MFU below is against the measured bf16 matmul peak, {mfu_peak / 1e12:.0f} TFLOP/s")
         n, mean_len = len(lengths), statistics.fmean(lengths)
         print(f"SST-2: {n} training rows, {mean_len:.1f} tokens on average (max {max(lengths)}); batch "
               f"{args.batch_size}; {flops / 1e9:.2f} GFLOP per example (teacher 1x + student 3x); device {args.device}")
         print(f"runs of {args.short_epochs} and {args.epochs} epochs, {args.repeats} time(s) each, alternating:")
         # No warm-up run: the tokenized split is built above, and each run pays its own teacher-logit pass.
-        measured = compare(methods(args, teacher, work, cache_dir), args.short_epochs, args.epochs, args.repeats,
+        measured = compare(methods(args, teacher, work, cache_dir, dtype), args.short_epochs, args.epochs, args.repeats,
                            warmup=False)
         baseline = "plain PyTorch loop"
         print(f"\nPer epoch (a 'step' in this table is one epoch of {n} examples), start-up and caching cancelled:\n")
         print_table(measured, samples_per_step=n, tokens_per_sample=mean_len, flops_per_sample=flops,
-                    peak_flops=mfu_peak, baseline=baseline)
-        print_whole_runs(measured, args.epochs, n, mean_len, flops, mfu_peak, baseline)
+                    peak_flops=peak, baseline=baseline)
+        print_whole_runs(measured, args.epochs, n, mean_len, flops, peak, baseline)
 
 
 if __name__ == "__main__":

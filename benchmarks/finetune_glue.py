@@ -3,18 +3,20 @@ litbert's shipped config against the Hugging Face Trainer in a run_glue.py-style
 
 Methods (each a child process; `benchmarks/harness.py` alternates them, times a short and a long run of each and takes
 per-step time from the difference, so start-up cancels):
-- `hf_trainer_dynamic_padding`: `benchmarks/reference/hf_trainer_glue.py`, the run_glue.py recipe (`datasets.map`
+- `hf_trainer_defaults`: `benchmarks/reference/hf_trainer_glue.py`, the run_glue.py recipe (`datasets.map`
   tokenization, `DataCollatorWithPadding`, `AutoModelForSequenceClassification`, `Trainer`) with the Trainer's
-  defaults (fused AdamW, random batches padded to their longest example);
-- `hf_trainer_group_by_length`: the same with the Trainer's own best setting for this,
-  `train_sampling_strategy="group_by_length"` (batches of similar lengths: less padding);
+  defaults (fused AdamW, random batches padded to their longest example, fp32);
+- `hf_trainer_best`: the same with the Trainer's own best settings for this, `train_sampling_strategy=
+  "group_by_length"` (batches of similar lengths: less padding) and, where the device multiplies bf16 natively,
+  `bf16=True`;
 - `litbert`: `python train.py fit --config configs/finetune/glue.yaml --trainer.max_steps N
   --trainer.default_root_dir root`, the shipped config as it is (its batching, callbacks, logger, and what it does
   once at the end: validation, checkpoint, export), in a fresh directory, with DATA_DIR set; Lightning must report
   that the run reached N optimiser steps.
 Same hyper-parameters in all (read from the config: lr, weight decay, warmup ratio, Adam betas and epsilon, batch
-size, max_seq_length); the Trainer keeps its default max_grad_norm 1.0 (the config does not clip). On a GPU both use
-bf16 autocast (the Trainer's `bf16=True`, litbert's default `bf16-mixed`), and MFU is against the measured bf16 peak.
+size, max_seq_length); the Trainer keeps its default max_grad_norm 1.0 (the config does not clip). litbert computes
+in train.py's default precision (bf16-mixed where the device multiplies bf16 natively: a GPU from Ampere on, a CPU
+with AVX512-BF16 or AMX); `--fp32` puts every method in fp32. MFU is against the measured peak of each method's dtype.
 
 Columns: tokens/s counts non-padding tokens (the mean length of SST-2 train under the MiniLM tokenizer); MFU's
 numerator is the useful work, 3 x the whole model's forward FLOPs on each example at its own length
@@ -41,9 +43,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
-                                lightning_steps_done, machine_line, print_table, reported_steps_done)
+                                lightning_precision, lightning_steps_done, machine_line, print_table,
+                                reported_steps_done, run_dtype)
 
-HF_METHODS = {"hf_trainer_dynamic_padding": "random", "hf_trainer_group_by_length": "group_by_length"}
+HF_METHODS = ("hf_trainer_defaults", "hf_trainer_best")
 METHODS = (*HF_METHODS, "litbert")
 
 
@@ -112,9 +115,10 @@ def main():
             sys.exit(f"--long {args.long} reaches the end of the first epoch ({steps_per_epoch} steps), where "
                      f"litbert validates: keep the runs inside it")
         flops_per_sample = useful_flops_per_sample(model_args["pretrained"], task.num_labels, lengths)
-        peak, dtype = device_peak_flops(args.device)
+        dtype = run_dtype(args.device, args.fp32)  # litbert's and the Trainer's at its best
+        peak = device_peak_flops(args.device, ["fp32", dtype])
 
-        def hf_command(strategy: str):
+        def hf_command(strategy: str, bf16: bool):
             return lambda steps: [
                 sys.executable, str(REPO / "benchmarks/reference/hf_trainer_glue.py"),
                 "--model", resolve_model_path(model_args["pretrained"]), "--train_file", str(train_file),
@@ -123,18 +127,20 @@ def main():
                 "--learning_rate", str(model_args["lr"]), "--weight_decay", str(model_args["weight_decay"]),
                 "--warmup_ratio", str(model_args["warmup_ratio"]), "--adam_beta1", str(beta1),
                 "--adam_beta2", str(beta2), "--adam_epsilon", str(model_args["eps"]),
-                "--train_sampling_strategy", strategy, "--device", args.device]
+                "--train_sampling_strategy", strategy, "--device", args.device, *(["--bf16"] if bf16 else [])]
 
         def litbert_command(steps: int) -> list[str]:
             # Only what a run in a fresh directory needs (the config names the data under DATA_DIR).
             return [sys.executable, str(REPO / "train.py"), "fit", "--config", str(Path(args.config).resolve()),
-                    "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root"]
+                    "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root",
+                    *lightning_precision(dtype)]
 
-        methods = [Method(name, hf_command(strategy), env, reported_steps_done)
-                   for name, strategy in HF_METHODS.items()]
-        methods.append(Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done))
+        methods = [Method("hf_trainer_defaults", hf_command("random", False), env, reported_steps_done),
+                   Method("hf_trainer_best", hf_command("group_by_length", dtype == "bf16"), env, reported_steps_done,
+                          dtype),
+                   Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
         methods = [m for m in methods if m.name in args.methods]
-        print(machine_line(peak, args.device, dtype), flush=True)
+        print(machine_line(peak, args.device), flush=True)
         print(f"GLUE {task.name} train ({len(lengths)} examples), {model_args['pretrained']}, batch {batch_size}, "
               f"max_seq_length {max_len}, {args.device}; runs of {args.short} and {args.long} steps, {args.repeats} "
               f"repeat(s), after one untimed warm-up run each", flush=True)

@@ -20,9 +20,12 @@ the first run fills (tokenized data, compiled kernels) would otherwise land in o
 
 MFU: model FLOPs of the useful work (each example's non-padding tokens, the training factor 3 for a trained model and 1
 for a frozen teacher; `models.flops`) per second, divided by the matrix-multiply rate this machine reaches in the
-dtype the runs compute in (`device_peak_flops`: fp32 on a CPU, bf16 on a GPU; measured at the start of the benchmark
-on large square products). The numerator is the same for every method on the same data, so the ratio of two MFUs is
-their speed ratio.
+dtype each method computes in (`device_peak_flops`, measured at the start of the benchmark on large square products):
+bf16 for a method under bf16 autocast, fp32 otherwise. Where the device multiplies bf16 natively (a GPU from Ampere on,
+a CPU with AVX512-BF16 or AMX: `lightning_modules.precision.native_bf16`), litbert runs bf16-mixed (train.py's
+default) and each reference runs at its best in bf16 too, beside the Hugging Face Trainer's fp32 defaults; `--fp32`
+puts every method in fp32. The numerator is the same for every method on the same data, so the ratio of two MFUs in
+the same dtype is their speed ratio.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ from typing import Callable
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lightning_modules.precision import native_bf16  # noqa: E402
 
 
 def add_run_options(parser, short: int, long: int, data_help: str = "the data folder (default: $DATA_DIR)") -> None:
@@ -50,6 +56,19 @@ def add_run_options(parser, short: int, long: int, data_help: str = "the data fo
     parser.add_argument("--repeats", type=int, default=1, help="short/long pairs per method (the median is reported)")
     parser.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help=data_help)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    parser.add_argument("--fp32", action="store_true", help="every method in fp32, as on hardware without native bf16 "
+                        "(default: litbert's bf16-mixed and the references in bf16 where the device has it)")
+
+
+def run_dtype(device: str, fp32: bool = False) -> str:
+    """The dtype litbert computes in on `device` (train.py's default precision, `--trainer.precision` passed on
+    explicitly) and the references at their best: "bf16" where the device multiplies bf16 natively, unless `fp32`."""
+    return "bf16" if native_bf16(device) and not fp32 else "fp32"
+
+
+def lightning_precision(dtype: str) -> list[str]:
+    """train.py's option for computing in `dtype` ("bf16" or "fp32")."""
+    return ["--trainer.precision", "bf16-mixed" if dtype == "bf16" else "32-true"]
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 10, rounds: int = 3, device: str = "cpu",
@@ -71,12 +90,13 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 10, rounds: int = 3, devi
     return 2 * size ** 3 / best
 
 
-def device_peak_flops(device: str) -> tuple[float, str]:
-    """(FLOP/s, dtype name) of the matmul peak for the precision litbert and the Trainer use on `device`: fp32 on a
-    CPU (CPU bf16 autocast is slow, so neither uses it); bf16 on a GPU, on products large enough to fill it."""
-    if device.startswith("cuda"):
-        return matmul_peak_flops(size=8192, repeats=20, device=device, dtype=torch.bfloat16), "bf16"
-    return matmul_peak_flops(device=device), "fp32"
+def device_peak_flops(device: str, dtypes: list[str]) -> dict[str, float]:
+    """{dtype: FLOP/s} of the matmul peak on `device` for each of `dtypes` ("fp32", "bf16"), on products large enough
+    to fill the chip (8192 on a GPU, 2048 on a CPU)."""
+    size = 8192 if device.startswith("cuda") else 2048
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    return {dtype: matmul_peak_flops(size=size, device=device, dtype=torch_dtype[dtype])
+            for dtype in dict.fromkeys(dtypes)}
 
 
 def child_env(cache_root: Path, device: str) -> dict:
@@ -167,6 +187,7 @@ class Method:
     command: Callable[[int], list[str]]
     env: dict = field(default_factory=dict)
     steps_done: Callable[[Path, str], int] | None = None
+    dtype: str = "fp32"    # what its matrix products compute in: "fp32", or "bf16" under autocast
 
 
 def run_method(method: Method, steps: int) -> RunResult:
@@ -191,6 +212,7 @@ class Measured:
     peak_rss_mb: float     # of the long runs, the largest
     startup_s: float       # T_short - short * step_s: what a run costs beyond its steps
     cpu_step_s: float = 0.0  # the same difference of CPU time: what a step costs in core-seconds
+    dtype: str = "fp32"
 
 
 def compare(methods: list[Method], short: int, long: int, repeats: int = 1, verbose: bool = True,
@@ -219,36 +241,40 @@ def compare(methods: list[Method], short: int, long: int, repeats: int = 1, verb
         step_s = statistics.median(per_step)
         startup = statistics.median(a.wall_s for a in shorts) - short * step_s
         cpu_step = statistics.median((b.cpu_s - a.cpu_s) / (long - short) for a, b in zip(shorts, longs))
-        measured.append(Measured(method.name, step_s, per_step, max(b.peak_rss_mb for b in longs), startup, cpu_step))
+        measured.append(Measured(method.name, step_s, per_step, max(b.peak_rss_mb for b in longs), startup, cpu_step,
+                                 method.dtype))
     return measured
 
 
 def print_table(measured: list[Measured], samples_per_step: float, tokens_per_sample: float,
-                flops_per_sample: float, peak_flops: float, baseline: str | list[str] | None = None) -> None:
-    """A markdown table: s/step, samples/s, non-padding tokens/s, MFU, CPU s/step, peak RSS, start-up, and one
-    speed-ratio column per baseline method (its s/step over the row's: above 1 is faster than the baseline).
+                flops_per_sample: float, peak_flops: dict[str, float], baseline: str | list[str] | None = None) -> None:
+    """A markdown table: precision, s/step, samples/s, non-padding tokens/s, MFU (against the peak of the method's
+    dtype), CPU s/step, peak RSS, start-up, and one speed-ratio column per baseline method (its s/step over the
+    row's: above 1 is faster than the baseline).
 
     CPU s/step (core-seconds): on an idle machine about threads x s/step; far from that, other processes held the
     cores during the runs (see the module doc)."""
     by_name = {m.name: m for m in measured}
     baselines = [baseline] if isinstance(baseline, str) else list(baseline or [])
     ratio_heads = "".join(f" speed vs {b} |" for b in baselines)
-    print("| method | s/step | samples/s | tokens/s | MFU | CPU s/step | peak RSS | start-up |" + ratio_heads)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(baselines))
+    print("| method | precision | s/step | samples/s | tokens/s | MFU | CPU s/step | peak RSS | start-up |"
+          + ratio_heads)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(baselines))
     for m in measured:
         samples = samples_per_step / m.step_s
-        mfu = samples * flops_per_sample / peak_flops
+        mfu = samples * flops_per_sample / peak_flops[m.dtype]
         ratios = "".join(f" {by_name[b].step_s / m.step_s:.2f}x |" for b in baselines)
-        print(f"| {m.name} | {m.step_s:.3f} | {samples:.1f} | {samples * tokens_per_sample:,.0f} | {100 * mfu:.1f}% "
-              f"| {m.cpu_step_s:.3f} | {m.peak_rss_mb / 1024:.2f} GB | {m.startup_s:.0f} s |{ratios}")
+        print(f"| {m.name} | {m.dtype} | {m.step_s:.3f} | {samples:.1f} | {samples * tokens_per_sample:,.0f} | "
+              f"{100 * mfu:.1f}% | {m.cpu_step_s:.3f} | {m.peak_rss_mb / 1024:.2f} GB | {m.startup_s:.0f} s |{ratios}")
 
 
-def machine_line(peak_flops: float, device: str = "cpu", dtype: str = "fp32") -> str:
-    """One line naming the machine: CPU model (or GPU), threads, torch version and the measured matmul peak."""
+def machine_line(peak_flops: dict[str, float], device: str = "cpu") -> str:
+    """One line naming the machine: CPU model (or GPU), threads, torch version and the measured matmul peaks."""
     if device.startswith("cuda"):
         chip = torch.cuda.get_device_name()
     else:
         chip = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name")), "cpu")
-    return (f"machine: {chip}, {torch.get_num_threads()} threads, torch {torch.__version__}; measured {dtype} "
-            f"matmul peak {peak_flops / 1e9:.0f} GFLOP/s")
+    peaks = ", ".join(f"{dtype} {flops / 1e9:,.0f} GFLOP/s" for dtype, flops in peak_flops.items())
+    return (f"machine: {chip}, {torch.get_num_threads()} threads, torch {torch.__version__}; measured matmul peak "
+            f"{peaks}")

@@ -4,18 +4,22 @@ Hugging Face Trainer in a run_mlm.py-style script.
 
 Methods (each a child process; `benchmarks/harness.py` alternates them, times a short and a long run of each and takes
 per-step time from the difference, so start-up cancels):
-- `hf_trainer_run_mlm`: `benchmarks/reference/hf_trainer_mlm.py`, the run_mlm.py recipe (`datasets` text loading,
+- `hf_trainer_defaults`: `benchmarks/reference/hf_trainer_mlm.py`, the run_mlm.py recipe (`datasets` text loading,
   tokenize, `group_texts` into 128-token blocks, `DataCollatorForLanguageModeling(mlm_probability=0.15)` on the CPU,
   `RobertaForMaskedLM` of the same size built from a config, `Trainer` with the config's lr, warmup, betas, epsilon and
-  weight decay; its defaults otherwise: fused AdamW, max_grad_norm 1.0 where the config does not clip), reading the
-  same files as the config;
+  weight decay; its defaults otherwise: fused AdamW, max_grad_norm 1.0 where the config does not clip, fp32), reading
+  the same files as the config;
+- `hf_trainer_bf16`: the same with the Trainer's `bf16=True`, its best setting where the device multiplies bf16
+  natively (only there);
 - `litbert`: `python train.py fit --config configs/mlm/roberta_small.yaml --config <override> --trainer.max_steps N
   --trainer.default_root_dir root --data.init_args.tokenizer <absolute path>` in a fresh directory with DATA_DIR set;
   the override (`harness.periodic_work_past`) moves the config's validation (every 250 steps) and step checkpoints
   (every 100) past the long run, since the reference neither evaluates nor saves during training; the output says what
   it moved. What runs once, at the start (sanity-check validation) or at the end (litbert's final validation,
   checkpoint, export), stays: start-up and teardown cancel.
-On a GPU both use bf16 autocast and MFU is against the measured bf16 peak.
+litbert computes in train.py's default precision (bf16-mixed where the device multiplies bf16 natively: a GPU from
+Ampere on, a CPU with AVX512-BF16 or AMX); `--fp32` puts every method in fp32. MFU is against the measured peak of each
+method's dtype.
 
 FLOPs/sample, the same numerator for both methods: the *useful* model FLOPs, 3 x (the encoder on the 128 positions +
 the MLM head on the 15% of them that are predicted), `models.flops`. The reference's dense loss also runs the head
@@ -39,10 +43,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
-                                lightning_steps_done, machine_line, periodic_work_past, print_table,
-                                reported_steps_done)
+                                lightning_precision, lightning_steps_done, machine_line, periodic_work_past,
+                                print_table, reported_steps_done, run_dtype)
 
-METHODS = ("hf_trainer_run_mlm", "litbert")
+METHODS = ("hf_trainer_defaults", "hf_trainer_bf16", "litbert")
 
 
 def parse_args():
@@ -87,7 +91,7 @@ def main():
     missing = [str(f) for f in train_files if not f.is_file()]
     if missing:
         sys.exit(f"missing {missing}: set --data_dir or DATA_DIR to the folder that holds them")
-    if "hf_trainer_run_mlm" in args.methods and importlib.util.find_spec("accelerate") is None:
+    if any(m.startswith("hf_") for m in args.methods) and importlib.util.find_spec("accelerate") is None:
         sys.exit("the Hugging Face Trainer needs accelerate: pip install 'accelerate>=1.1' (or leave it out with "
                  "--methods litbert)")
     tokenizer = load_tokenizer(str(tokenizer_dir))
@@ -95,7 +99,8 @@ def main():
     mlm_probability = float(data_args.get("mlm_probability", 0.15))
     useful = flops_per_sample(model_args, tokenizer, batch_size, seq_len, mlm_probability)
     dense = flops_per_sample(model_args, tokenizer, batch_size, seq_len, mlm_probability, dense=True)
-    peak, dtype = device_peak_flops(args.device)
+    dtype = run_dtype(args.device, args.fp32)  # litbert's
+    peak = device_peak_flops(args.device, ["fp32", dtype])
 
     with tempfile.TemporaryDirectory(prefix="bench-mlm-") as cache:
         env = child_env(Path(cache), args.device)
@@ -103,7 +108,7 @@ def main():
         override_file = Path(cache) / "litbert-override.yaml"
         override_file.write_text(yaml.safe_dump(override or {"trainer": {}}))
 
-        def hf_command(steps: int) -> list[str]:
+        def hf_command(steps: int, bf16: bool = False) -> list[str]:
             beta1, beta2 = model_args.get("betas", [0.9, 0.999])
             return [sys.executable, str(REPO / "benchmarks/reference/hf_trainer_mlm.py"),
                     "--tokenizer", str(tokenizer_dir), "--train_files", *map(str, train_files),
@@ -113,18 +118,21 @@ def main():
                     "--learning_rate", str(model_args["lr"]), "--warmup_steps", str(model_args["warmup_steps"]),
                     "--weight_decay", str(model_args["weight_decay"]), "--adam_beta1", str(beta1),
                     "--adam_beta2", str(beta2), "--adam_epsilon", str(model_args["eps"]),
-                    "--mlm_probability", str(mlm_probability), "--device", args.device]
+                    "--mlm_probability", str(mlm_probability), "--device", args.device, *(["--bf16"] if bf16 else [])]
 
         def litbert_command(steps: int) -> list[str]:
             # A fresh directory: the tokenizer by absolute path; the config's relative outputs land in the directory.
             return [sys.executable, str(REPO / "train.py"), "fit", "--config", str(Path(args.config).resolve()),
                     "--config", str(override_file), "--trainer.max_steps", str(steps),
-                    "--trainer.default_root_dir", "root", "--data.init_args.tokenizer", str(tokenizer_dir)]
+                    "--trainer.default_root_dir", "root", "--data.init_args.tokenizer", str(tokenizer_dir),
+                    *lightning_precision(dtype)]
 
-        methods = [Method("hf_trainer_run_mlm", hf_command, env, reported_steps_done),
-                   Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done)]
-        methods = [m for m in methods if m.name in args.methods]
-        print(machine_line(peak, args.device, dtype), flush=True)
+        methods = [Method("hf_trainer_defaults", hf_command, env, reported_steps_done),
+                   Method("hf_trainer_bf16", lambda steps: hf_command(steps, bf16=True), env, reported_steps_done,
+                          "bf16"),
+                   Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
+        methods = [m for m in methods if m.name in args.methods and (m.name != "hf_trainer_bf16" or dtype == "bf16")]
+        print(machine_line(peak, args.device), flush=True)
         print(f"MLM {Path(args.config).name}: {' + '.join(data_args['train_files'])}, vocabulary {len(tokenizer)}, "
               f"batch {batch_size} x {seq_len}, {args.device}; runs of {args.short} and {args.long} steps, "
               f"{args.repeats} repeat(s), after one untimed warm-up run each", flush=True)
@@ -136,7 +144,7 @@ def main():
           f"encoder + MLM head at the {mlm_probability:.0%} predicted positions); the dense head at every position "
           f"would be {dense / 1e9:.3f} GFLOP\n")
     print_table(measured, batch_size, seq_len, useful, peak,
-                baseline="hf_trainer_run_mlm" if "hf_trainer_run_mlm" in args.methods else None)
+                baseline=[m.name for m in measured if m.name.startswith("hf_")])
 
 
 if __name__ == "__main__":

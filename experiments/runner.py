@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from datamodules.atomic import atomic_write_text
@@ -187,6 +188,10 @@ def run_config(run: Run, options: dict, run_dir: Path, data_dir: str | None) -> 
     trainer["default_root_dir"] = str(run_dir)
     trainer["enable_checkpointing"] = False
     trainer.update(enable_progress_bar=False, enable_model_summary=False)  # the ProgressLog lines are the log
+    # The committed records were measured in fp32 on a CPU: keep that arithmetic on every CPU (train.py would pick
+    # bf16-mixed on one with native bf16), so a table never mixes precisions; a GPU keeps train.py's default.
+    if not torch.cuda.is_available():
+        trainer.setdefault("precision", "32-true")
     trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                          "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0}}
     callbacks = []

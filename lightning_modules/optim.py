@@ -127,6 +127,10 @@ def configure_adamw_with_warmup(
         raise ValueError("cannot schedule the learning rate: set trainer.max_steps or trainer.max_epochs")
     groups = weight_decay_groups(model, weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **adamw_implementation(groups))
+    # Lightning's mixed precision refuses gradient clipping when the optimizer says it unscales fp16 gradients inside
+    # its step (torch's `_step_supports_amp_scaling`, True for fused AdamW), even under bf16-mixed, which has no
+    # GradScaler. Without the flag a GradScaler (fp16) unscales before clipping and the step instead: the same update.
+    optimizer._step_supports_amp_scaling = False
     warmup = resolve_warmup_steps(total_steps, warmup_steps, warmup_ratio)
     scheduler = LinearWarmupDecay(optimizer, warmup_steps=warmup, total_steps=total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -26,9 +26,20 @@ def test_print_config(config, capsys):
 def test_precision_default_follows_hardware(monkeypatch):
     import torch
 
+    from lightning_modules.precision import native_bf16
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert train.default_precision() == "32-true" and not native_bf16("cpu")  # bf16 emulated: slower than fp32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # e.g. Zen 4
+    assert train.default_precision() == "bf16-mixed" and native_bf16("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # e.g. Sapphire Rapids
+    assert train.default_precision() == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU decides, whatever the CPU has
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert train.default_precision() == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert train.default_precision() == "bf16-mixed"
 

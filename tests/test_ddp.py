@@ -30,7 +30,9 @@ from tests.ddp_recorder import load_records, padding_fraction
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+# fp32 on any machine: one process and two are compared at float rounding, far below bf16-mixed's (the default
+# where the CPU has bf16)
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.precision=32-true"]
 TINY_MLM = ["--model.init_args.hidden_size=32", "--model.init_args.num_hidden_layers=2",
             "--model.init_args.num_attention_heads=4", "--model.init_args.intermediate_size=64",
             "--model.init_args.max_seq_length=32", "--model.init_args.hidden_dropout_prob=0",

@@ -20,8 +20,8 @@ Per step:
 
 The data are packed 128-token blocks saved by the benchmark (`--blocks`, litbert's own training blocks, so that both
 methods read the same tokens), batched by a DataLoader over a RandomSampler. The student is the teacher with layers
-[0, 2] kept (DistilBERT's extraction: one layer out of two). On CUDA the forward runs under bf16 autocast, as
-litbert's bf16-mixed precision.
+[0, 2] kept (DistilBERT's extraction: one layer out of two). With `--bf16` the forward runs under bf16 autocast,
+as litbert's bf16-mixed precision.
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def parse_args():
     p.add_argument("--max_grad_norm", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true", help="forward passes under bf16 autocast (as litbert's bf16-mixed)")
     return p.parse_args()
 
 
@@ -97,7 +98,7 @@ def main():
     ce_loss_fct = nn.KLDivLoss(reduction="batchmean")
     lm_loss_fct = nn.CrossEntropyLoss(ignore_index=-100)
     cosine_loss_fct = nn.CosineEmbeddingLoss(reduction="mean")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     T = args.temperature
 
     def prepare_batch_mlm(token_ids, lengths):

@@ -4,7 +4,7 @@ What the DistilBERT recipe (and the Hugging Face examples) do per step: examples
 (`DataCollatorWithPadding`), the frozen teacher's forward under `torch.no_grad()`, the student's forward and backward
 on KL(teacher_T || student_T) * T^2 + cross-entropy on the gold labels, gradient clipping at 5.0, AdamW (the fused
 kernel, torch's fastest; no decay on biases and LayerNorm weights) with a linear warmup (5%) and decay. bf16 autocast
-on CUDA. No validation, no checkpoints, no logging: only the training work.
+with `--bf16`. No validation, no checkpoints, no logging: only the training work.
 
 The student is litbert's extraction of teacher layers [0, 2, 4] (`models.student.extract_student`, the layers
 benchmarks/distill_task.py gives configs/distill/glue.yaml), so that both methods train the same model; everything
@@ -42,6 +42,7 @@ def parse_args():
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true", help="forward passes under bf16 autocast (as litbert's bf16-mixed)")
     return p.parse_args()
 
 
@@ -79,7 +80,7 @@ def main():
                                   fused=True)
     total = len(loader) * args.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, round(0.05 * total), total)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     t = args.temperature
 
     start = time.perf_counter()

@@ -44,6 +44,7 @@ def parse_args():
     p.add_argument("--adam_epsilon", type=float, default=1e-6)
     p.add_argument("--mlm_probability", type=float, default=0.15)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true", help="the Trainer's bf16=True (autocast; its default is fp32)")
     p.add_argument("--output_dir", default="hf_output")
     return p.parse_args()
 
@@ -90,7 +91,6 @@ def main():
 
     train_dataset = tokenized.map(group_texts, batched=True, desc=f"Grouping texts in chunks of {max_seq_length}")
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=args.mlm_probability)
-    on_gpu = args.device.startswith("cuda")
     training_args = TrainingArguments(
         output_dir=args.output_dir,
         max_steps=args.max_steps,
@@ -104,8 +104,8 @@ def main():
         report_to="none",
         save_strategy="no",
         eval_strategy="no",
-        use_cpu=not on_gpu,
-        bf16=on_gpu,
+        use_cpu=not args.device.startswith("cuda"),
+        bf16=args.bf16,
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
                       data_collator=collator)

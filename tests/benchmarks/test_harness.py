@@ -7,8 +7,8 @@ import sys
 import pytest
 import yaml
 
-from benchmarks.harness import (REPO, Measured, Method, compare, lightning_steps_done, periodic_work_past,
-                                print_table, reported_steps_done, run_timed)
+from benchmarks.harness import (REPO, Measured, Method, compare, lightning_precision, lightning_steps_done,
+                                periodic_work_past, print_table, reported_steps_done, run_dtype, run_timed)
 
 # A run of N "steps": START seconds of start-up, then N sleeps of STEP seconds.
 SLEEPER = "import sys, time; time.sleep({start}); [time.sleep({step}) for _ in range(int(sys.argv[1]))]"
@@ -77,10 +77,23 @@ def test_periodic_work_past_moves_validation_and_step_checkpoints_only_when_insi
     assert periodic_work_past(REPO / "configs/finetune/glue.yaml", 5000) == ({}, [])  # validates per epoch
 
 
-def test_print_table_has_a_ratio_column_per_baseline(capsys):
-    measured = [Measured("a", 2.0, [2.0], 1024, 5, 3.5), Measured("b", 1.0, [1.0], 2048, 7, 1.9)]
-    print_table(measured, samples_per_step=32, tokens_per_sample=10, flops_per_sample=1e9, peak_flops=1e11,
-                baseline=["a", "b"])
+def test_print_table_has_a_ratio_column_per_baseline_and_mfu_per_dtype(capsys):
+    measured = [Measured("a", 2.0, [2.0], 1024, 5, 3.5), Measured("b", 1.0, [1.0], 2048, 7, 1.9, "bf16")]
+    print_table(measured, samples_per_step=32, tokens_per_sample=10, flops_per_sample=1e9,
+                peak_flops={"fp32": 1e11, "bf16": 4e11}, baseline=["a", "b"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("| speed vs a | speed vs b |")
-    assert lines[3] == "| b | 1.000 | 32.0 | 320 | 32.0% | 1.900 | 2.00 GB | 7 s | 2.00x | 1.00x |"
+    assert lines[2] == "| a | fp32 | 2.000 | 16.0 | 160 | 16.0% | 3.500 | 1.00 GB | 5 s | 1.00x | 0.50x |"
+    # b's MFU is against the bf16 peak it computes in: 32 samples/s x 1 GFLOP / 400 GFLOP/s
+    assert lines[3] == "| b | bf16 | 1.000 | 32.0 | 320 | 8.0% | 1.900 | 2.00 GB | 7 s | 2.00x | 1.00x |"
+
+
+def test_run_dtype_is_bf16_only_where_native_and_not_forced_to_fp32(monkeypatch):
+    import benchmarks.harness as harness
+
+    monkeypatch.setattr(harness, "native_bf16", lambda device: True)
+    assert run_dtype("cpu") == "bf16" and run_dtype("cpu", fp32=True) == "fp32"
+    assert lightning_precision("bf16") == ["--trainer.precision", "bf16-mixed"]
+    monkeypatch.setattr(harness, "native_bf16", lambda device: False)
+    assert run_dtype("cpu") == "fp32"
+    assert lightning_precision("fp32") == ["--trainer.precision", "32-true"]

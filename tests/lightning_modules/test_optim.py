@@ -76,3 +76,36 @@ def test_fused_adamw_only_for_plain_tensors():
     assert adamw_implementation([{"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.int64),
                                                                 requires_grad=False)]}]) == {}
     assert adamw_implementation([{"params": []}]) == {}
+
+
+def test_fused_adamw_takes_gradient_clipping_under_bf16_mixed(tmp_path):
+    """bf16-mixed (the default where the hardware has bf16) with the fused AdamW and gradient clipping: Lightning
+    refuses clipping for an optimizer that unscales fp16 gradients in its step, which bf16 has none of; the step sees
+    gradients clipped to the configured norm."""
+    import lightning.pytorch as pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32))
+            self.norms = []
+
+        def training_step(self, batch, batch_idx):
+            return self.model(input_ids=batch[0], labels=batch[0]).loss * 1e3  # gradients far above the clip
+
+        def configure_optimizers(self):
+            config = configure_adamw_with_warmup(self, self.model, lr=1e-3, warmup_steps=1, total_steps=3)
+            grads = lambda: [p.grad for p in self.model.parameters() if p.grad is not None]  # noqa: E731
+            config["optimizer"].register_step_pre_hook(
+                lambda opt, args, kwargs: self.norms.append(float(torch.nn.utils.get_total_norm(grads()))))
+            return config
+
+    module = Tiny()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randint(5, 50, (6, 8))), batch_size=2)
+    trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.5, max_steps=3,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert len(module.norms) == 3 and all(n <= 0.5 + 1e-4 for n in module.norms), module.norms

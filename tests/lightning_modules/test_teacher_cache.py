@@ -12,8 +12,10 @@ from models.flops import forward_flops
 from tests.conftest import TINY
 from tests.lightning_modules.test_distill_glue import glue_args
 
+# fp32 on any machine: the comparisons below are at float rounding, which bf16-mixed (the default where the CPU has
+# bf16) is far above
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-         "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0"]
+         "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--trainer.precision=32-true"]
 
 
 def save_teacher(model_class, out, tokenizer_dir, **config):
