@@ -40,7 +40,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
-from callbacks.run_end import add_run_end_callbacks
+from callbacks import add_default_callbacks
 from callbacks.hp_metric import HpMetric
 from cli_errors import (DEBUG_ENV, OPTIMISER_KEYS, CommandLineError, condense_parser_error, exit_status,
                         missing_logger_package, optimiser_refusal, user_error_message)
@@ -258,7 +258,7 @@ class LitBertCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         default_checkpoint_dirs(trainer)
-        add_run_end_callbacks(trainer)
+        add_default_callbacks(trainer)
         return trainer
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:

@@ -43,6 +43,7 @@ from benchmarks.harness import (REPO, Method, add_run_options, compare, device_p
 CONFIG = "configs/distill/roberta_general.yaml"
 TRAIN_FILE = "wikitext-2/train.txt"
 SEQ_LEN, BATCH = 128, 32
+REFERENCE = "reference (DistilBERT loop)"
 # configs/mlm/roberta_small.yaml
 TEACHER_SIZE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
 
@@ -87,7 +88,7 @@ def main():
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = run_dtype(args.device, args.fp32)  # litbert's and the reference loop's
-    peak = device_peak_flops(args.device, [dtype])
+    peak = device_peak_flops(args.device, [dtype, "fp32"])
     print(machine_line(peak, args.device))
     from models.flops import forward_flops
 
@@ -120,17 +121,23 @@ def main():
                         "--model.init_args.student_layers=[0,2]", *lightning_precision(dtype), *extra]
             return Method(name, command, env, lightning_steps_done, dtype)  # student_layers: the reference's
 
-        def reference(steps: int) -> list[str]:
-            return [sys.executable, str(REPO / "benchmarks" / "reference" / "distill_general_loop.py"),
-                    "--teacher", str(teacher_dir), "--blocks", str(blocks_file), "--steps", str(steps),
-                    "--batch_size", str(BATCH), "--device", args.device, *(["--bf16"] if dtype == "bf16" else [])]
+        def reference(loop_dtype: str):
+            return lambda steps: [
+                sys.executable, str(REPO / "benchmarks" / "reference" / "distill_general_loop.py"),
+                "--teacher", str(teacher_dir), "--blocks", str(blocks_file), "--steps", str(steps),
+                "--batch_size", str(BATCH), "--device", args.device, *(["--bf16"] if loop_dtype == "bf16" else [])]
 
-        methods = [Method("reference (DistilBERT loop)", reference, env, dtype=dtype), litbert([], "litbert")]
+        # the loop at its best: in bf16 where the device has it, and in fp32 too (its [B, L, V] logits and losses
+        # can make bf16 autocast slower there, as on the 2-core CPU)
+        methods = [Method(REFERENCE, reference(dtype), env, dtype=dtype)]
+        if dtype == "bf16":
+            methods.append(Method(f"{REFERENCE}, fp32", reference("fp32"), env))
+        methods.append(litbert([], "litbert"))
         if args.plain_loss:
             methods.append(litbert(["--model.init_args.fused_lm_loss=false"], "litbert fused_lm_loss=false"))
         measured = compare(methods, args.short, args.long, args.repeats)
     print_table(measured, samples_per_step=BATCH, tokens_per_sample=SEQ_LEN, flops_per_sample=flops_per_sample,
-                peak_flops=peak, baseline="reference (DistilBERT loop)")
+                peak_flops=peak, baseline=[m.name for m in measured if m.name.startswith(REFERENCE)])
 
 
 if __name__ == "__main__":

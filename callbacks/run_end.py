@@ -1,5 +1,6 @@
 """How a run ends: a last validation when `max_steps` stops training inside an epoch, and a table of the final
-metrics after `fit`, `validate` and `test`. train.py adds both to every Trainer it builds (`add_run_end_callbacks`).
+metrics after `fit`, `validate` and `test`. train.py adds both to every Trainer it builds
+(`callbacks.add_default_callbacks`).
 """
 from __future__ import annotations
 
@@ -60,9 +61,3 @@ class FinalMetricsTable(Callback):
         metrics.update(extra or {})
         print(format_metrics_table(title, metrics) if metrics else f"{title}: nothing was logged")
 
-
-def add_run_end_callbacks(trainer: Trainer) -> None:
-    """Append `ValidateAtMaxSteps` and `FinalMetricsTable` to the Trainer's callbacks unless the config has them."""
-    for callback_class in (ValidateAtMaxSteps, FinalMetricsTable):
-        if not any(isinstance(callback, callback_class) for callback in trainer.callbacks):
-            trainer.callbacks.append(callback_class())
