@@ -19,8 +19,10 @@ difference).
 
 FLOPs per sample (the same for both methods, `models.flops`): the teacher's forward once and the student's forward
 three times (forward + backward), each with the LM head at every non-pad position, which is what the KL over all
-positions needs. MFU divides by the measured matmul peak of the dtype both compute in: bf16 (litbert's default
-bf16-mixed, the loop's `--bf16` autocast) where the device multiplies bf16 natively, fp32 otherwise or with `--fp32`.
+positions needs. Precision: litbert's default (bf16-mixed where the device multiplies bf16 natively, fp32 otherwise or
+with `--fp32`); the loop in the same dtype (`--bf16` autocast) and, where that is bf16, in fp32 as well, since its
+full-vocabulary logits and losses can make bf16 autocast the slower of the two (the loop at its best is the faster
+one). MFU divides by the measured matmul peak of each method's dtype.
 """
 from __future__ import annotations
 
