@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, compare, device_peak_flops,  # noqa: E402
                                 lightning_precision, lightning_steps_done, machine_line, periodic_work_past,
-                                print_table, run_dtype)
+                                print_table, reference_precision, run_dtype)
 
 CONFIG = "configs/distill/roberta_general.yaml"
 TRAIN_FILE = "wikitext-2/train.txt"
@@ -127,7 +127,7 @@ def main():
             return lambda steps: [
                 sys.executable, str(REPO / "benchmarks" / "reference" / "distill_general_loop.py"),
                 "--teacher", str(teacher_dir), "--blocks", str(blocks_file), "--steps", str(steps),
-                "--batch_size", str(BATCH), "--device", args.device, *(["--bf16"] if loop_dtype == "bf16" else [])]
+                "--batch_size", str(BATCH), "--device", args.device, *reference_precision(loop_dtype)]
 
         # the loop at its best: in bf16 where the device has it, and in fp32 too (its [B, L, V] logits and losses
         # can make bf16 autocast slower there, as on the 2-core CPU)

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import (REPO, Method, compare, device_peak_flops, lightning_precision,  # noqa: E402
-                                machine_line, print_table, run_dtype)
+                                machine_line, print_table, reference_precision, run_dtype)
 
 CONFIG = "configs/distill/glue.yaml"
 # the student of both methods (the reference loop extracts the same layers): the map configs/distill/glue.yaml used
@@ -131,7 +131,7 @@ def methods(args, teacher: Path, work: Path, cache_dir: Path, dtype: str) -> lis
                 f"--teacher={teacher}", f"--data_dir={args.data_dir}",
                 f"--max_train_samples={args.max_train_samples}", f"--epochs={epochs}",
                 f"--batch_size={args.batch_size}", f"--max_seq_length={args.max_seq_length}", f"--device={args.device}",
-                *(["--bf16"] if dtype == "bf16" else [])]
+                *reference_precision(dtype)]
 
     return [Method("plain PyTorch loop", reference, env=threads, dtype=dtype),
             litbert("litbert, teacher per step", "--model.init_args.cache_teacher_logits=false"),

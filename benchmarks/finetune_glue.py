@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
                                 lightning_precision, lightning_steps_done, machine_line, print_table,
-                                reported_steps_done, run_dtype)
+                                reference_precision, reported_steps_done, run_dtype)
 
 HF_METHODS = ("hf_trainer_defaults", "hf_trainer_best")
 METHODS = (*HF_METHODS, "litbert")
@@ -118,7 +118,7 @@ def main():
         dtype = run_dtype(args.device, args.fp32)  # litbert's and the Trainer's at its best
         peak = device_peak_flops(args.device, ["fp32", dtype])
 
-        def hf_command(strategy: str, bf16: bool):
+        def hf_command(strategy: str, ref_dtype: str):
             return lambda steps: [
                 sys.executable, str(REPO / "benchmarks/reference/hf_trainer_glue.py"),
                 "--model", resolve_model_path(model_args["pretrained"]), "--train_file", str(train_file),
@@ -127,7 +127,7 @@ def main():
                 "--learning_rate", str(model_args["lr"]), "--weight_decay", str(model_args["weight_decay"]),
                 "--warmup_ratio", str(model_args["warmup_ratio"]), "--adam_beta1", str(beta1),
                 "--adam_beta2", str(beta2), "--adam_epsilon", str(model_args["eps"]),
-                "--train_sampling_strategy", strategy, "--device", args.device, *(["--bf16"] if bf16 else [])]
+                "--train_sampling_strategy", strategy, "--device", args.device, *reference_precision(ref_dtype)]
 
         def litbert_command(steps: int) -> list[str]:
             # Only what a run in a fresh directory needs (the config names the data under DATA_DIR).
@@ -135,8 +135,8 @@ def main():
                     "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root",
                     *lightning_precision(dtype)]
 
-        methods = [Method("hf_trainer_defaults", hf_command("random", False), env, reported_steps_done),
-                   Method("hf_trainer_best", hf_command("group_by_length", dtype == "bf16"), env, reported_steps_done,
+        methods = [Method("hf_trainer_defaults", hf_command("random", "fp32"), env, reported_steps_done),
+                   Method("hf_trainer_best", hf_command("group_by_length", dtype), env, reported_steps_done,
                           dtype),
                    Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
         methods = [m for m in methods if m.name in args.methods]

@@ -71,6 +71,11 @@ def lightning_precision(dtype: str) -> list[str]:
     return ["--trainer.precision", "bf16-mixed" if dtype == "bf16" else "32-true"]
 
 
+def reference_precision(dtype: str) -> list[str]:
+    """The reference scripts' option for computing in `dtype`: `--bf16` (autocast, the Trainer's `bf16=True`)."""
+    return ["--bf16"] if dtype == "bf16" else []
+
+
 def matmul_peak_flops(size: int = 2048, repeats: int = 10, rounds: int = 3, device: str = "cpu",
                       dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of a [size, size] @ [size, size] product, best of `rounds` timings of `repeats` products."""

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
                                 lightning_precision, lightning_steps_done, machine_line, periodic_work_past,
-                                print_table, reported_steps_done, run_dtype)
+                                print_table, reference_precision, reported_steps_done, run_dtype)
 
 METHODS = ("hf_trainer_defaults", "hf_trainer_bf16", "litbert")
 
@@ -108,7 +108,7 @@ def main():
         override_file = Path(cache) / "litbert-override.yaml"
         override_file.write_text(yaml.safe_dump(override or {"trainer": {}}))
 
-        def hf_command(steps: int, bf16: bool = False) -> list[str]:
+        def hf_command(steps: int, ref_dtype: str = "fp32") -> list[str]:
             beta1, beta2 = model_args.get("betas", [0.9, 0.999])
             return [sys.executable, str(REPO / "benchmarks/reference/hf_trainer_mlm.py"),
                     "--tokenizer", str(tokenizer_dir), "--train_files", *map(str, train_files),
@@ -118,7 +118,7 @@ def main():
                     "--learning_rate", str(model_args["lr"]), "--warmup_steps", str(model_args["warmup_steps"]),
                     "--weight_decay", str(model_args["weight_decay"]), "--adam_beta1", str(beta1),
                     "--adam_beta2", str(beta2), "--adam_epsilon", str(model_args["eps"]),
-                    "--mlm_probability", str(mlm_probability), "--device", args.device, *(["--bf16"] if bf16 else [])]
+                    "--mlm_probability", str(mlm_probability), "--device", args.device, *reference_precision(ref_dtype)]
 
         def litbert_command(steps: int) -> list[str]:
             # A fresh directory: the tokenizer by absolute path; the config's relative outputs land in the directory.
@@ -128,7 +128,7 @@ def main():
                     *lightning_precision(dtype)]
 
         methods = [Method("hf_trainer_defaults", hf_command, env, reported_steps_done),
-                   Method("hf_trainer_bf16", lambda steps: hf_command(steps, bf16=True), env, reported_steps_done,
+                   Method("hf_trainer_bf16", lambda steps: hf_command(steps, "bf16"), env, reported_steps_done,
                           "bf16"),
                    Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
         methods = [m for m in methods if m.name in args.methods and (m.name != "hf_trainer_bf16" or dtype == "bf16")]

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from benchmarks.harness import (REPO, Measured, Method, compare, lightning_precision, lightning_steps_done,
-                                periodic_work_past, print_table, reported_steps_done, run_dtype, run_timed)
+                                periodic_work_past, print_table, reference_precision, reported_steps_done, run_dtype,
+                                run_timed)
 
 # A run of N "steps": START seconds of start-up, then N sleeps of STEP seconds.
 SLEEPER = "import sys, time; time.sleep({start}); [time.sleep({step}) for _ in range(int(sys.argv[1]))]"
@@ -94,6 +95,7 @@ def test_run_dtype_is_bf16_only_where_native_and_not_forced_to_fp32(monkeypatch)
     monkeypatch.setattr(harness, "native_bf16", lambda device: True)
     assert run_dtype("cpu") == "bf16" and run_dtype("cpu", fp32=True) == "fp32"
     assert lightning_precision("bf16") == ["--trainer.precision", "bf16-mixed"]
+    assert reference_precision("bf16") == ["--bf16"] and reference_precision("fp32") == []
     monkeypatch.setattr(harness, "native_bf16", lambda device: False)
     assert run_dtype("cpu") == "fp32"
     assert lightning_precision("fp32") == ["--trainer.precision", "32-true"]

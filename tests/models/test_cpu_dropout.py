@@ -103,8 +103,7 @@ def test_a_switched_model_is_the_same_model(tmp_path, family):
     again = model(**inputs).logits
     assert torch.equal(first, again) and not torch.allclose(first, model.eval()(**inputs).logits)
     first.sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad
-               and p.grad is not None)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.save_pretrained(tmp_path)  # an export: the same weights, loading as SDPA without litbert
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert loaded.config._attn_implementation == "sdpa"
