@@ -42,10 +42,9 @@ from typing import Callable
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lightning_modules.precision import native_bf16
 
-from lightning_modules.precision import native_bf16  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def add_run_options(parser, short: int, long: int, data_help: str = "the data folder (default: $DATA_DIR)") -> None:

@@ -7,8 +7,8 @@ import torch
 
 def native_bf16(device: str | torch.device) -> bool:
     """Whether `device` multiplies bf16 matrices natively: a CUDA GPU with bf16 (Ampere and later), or a CPU with
-    AVX512-BF16 or AMX (Zen 4 and later, Sapphire Rapids and later), where oneDNN's bf16 products run 2-3x the fp32
-    ones (benchmarks/README.md). A CPU without them emulates bf16, slower than fp32."""
+    AVX512-BF16 or AMX (Zen 4 and later, Sapphire Rapids and later), where oneDNN's bf16 products run 2.1-3x the fp32
+    ones (benchmarks/cpu_ops.py). A CPU without them emulates bf16, slower than fp32."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if torch.device(device).type != "cpu":

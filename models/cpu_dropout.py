@@ -1,9 +1,9 @@
 """Dropout on the CPU with a cheaper random mask: the same Bernoulli(1 - p) keep mask and 1 / (1 - p) scaling as
 `torch.nn.functional.dropout`, drawn from torch's global generator (so `torch.manual_seed` and callbacks/step_seed.py
-govern it), about 3x faster.
+govern it), about 2.5x faster (benchmarks/cpu_ops.py).
 
-Why by hand: torch's CPU dropout draws one Bernoulli sample per element through its serial generator (7 ns an element
-on the project's 2-core Zen 4, measured in benchmarks/README.md), and SDPA with dropout on a CPU runs its math path
+Why by hand: torch's CPU dropout draws one Bernoulli sample per element through its serial generator (8 ns an element
+on the project's 2-core Zen 4, benchmarks/cpu_ops.py), and SDPA with dropout on a CPU runs its math path
 with the same draw. In a bf16 MLM step of `roberta_small` that is 85 ms of 490 (17%: 17M elements a step); the
 matrix products are what remains. Here one 64-bit draw gives four 15-bit uniform integers (`random_` on int64 fills
 63 bits: the top bit of each 16-bit quarter is masked off), and an element is kept when its integer is at least
@@ -38,8 +38,8 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     return (quarters >= round(p * 2 ** KEEP_BITS)).view(shape)
 
 
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout of a CPU tensor: x / (1 - p) where kept, 0 elsewhere (x's dtype)."""
+def masked_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout of a CPU tensor with a `keep_mask`: x / (1 - p) where kept, 0 elsewhere (x's dtype)."""
     return torch.where(keep_mask(x.shape, p), x * (1.0 / (1.0 - p)), 0.0)
 
 
@@ -48,7 +48,7 @@ class CPUDropout(nn.Dropout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and 0.0 < self.p < 1.0 and x.device.type == "cpu" and not self.inplace:
-            return dropout(x, self.p)
+            return masked_dropout(x, self.p)
         return super().forward(x)
 
 
@@ -71,7 +71,7 @@ def sdpa_cpu_dropout_attention(module: nn.Module, query: torch.Tensor, key: torc
         else:
             scores = scores + attention_mask
     probs = F.softmax(scores, dim=-1)
-    probs = torch.where(keep_mask(probs.shape, dropout), probs * (1.0 / (1.0 - dropout)), 0.0)
+    probs = masked_dropout(probs, dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None  # [B, Lq, heads, d]
 
 
