@@ -20,7 +20,9 @@ docstrings document every argument (`--model.help NAME`). `--optimizer` / `--lr_
 builds its own AdamW with warmup and no decay on biases/LayerNorm (lightning_modules/optim.py), which LightningCLI's
 automatic optimiser would silently replace. With `--ckpt_path FILE`, the model arguments stored in the checkpoint
 fill in what the command line and the config files leave unset: what they set wins (e.g. predict's output_dir).
-Every run gets `callbacks.hp_metric.HpMetric` (TensorBoard's hp_metric = the final main score).
+Every run gets the callbacks of `callbacks.add_default_callbacks` (TensorBoard's hp_metric = the final main score,
+validation at a mid-epoch max_steps, the final metrics table, and on a CPU the faster dropout mask and glibc's malloc
+keeping freed memory), each unless the config lists one of its class.
 
 Checkpoints: a ModelCheckpoint without `dirpath` saves to `<trainer.default_root_dir>/checkpoints` (not to the
 logger's versioned folder), so `--ckpt_path last` finds the `last.ckpt` of the previous run with the same
@@ -41,7 +43,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
 from callbacks import add_default_callbacks
-from callbacks.hp_metric import HpMetric
 from cli_errors import (DEBUG_ENV, OPTIMISER_KEYS, CommandLineError, condense_parser_error, exit_status,
                         missing_logger_package, optimiser_refusal, user_error_message)
 from lightning_modules.precision import default_precision
@@ -307,7 +308,6 @@ def main(args=None):
         subclass_mode_data=True,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [HpMetric()]},  # not an option: every run, after the config's callbacks
         parser_kwargs={"description": TOOL_DESCRIPTION,
                        **{name: {"description": f"{name}: {what}. {TOOL_DESCRIPTION}"}
                           for name, what in SUBCOMMANDS.items()}},

@@ -4,13 +4,20 @@
    picks bf16-mixed on a CPU with AVX512-BF16 or AMX: `lightning_modules.precision.native_bf16`).
 2. torch's CPU dropout against `models.cpu_dropout.masked_dropout` (its Bernoulli mask from 64-bit draws) on the
    attention probabilities and hidden states of that MLM step (why `callbacks.cpu_dropout.FastCPUDropout` is on).
-Each figure is the best of `--rounds` timings of `--repeats` calls.
+3. glibc's malloc at its defaults against `callbacks.cpu_malloc.keep_freed_memory` (why `ReuseFreedMemory` is on):
+   the word-embedding gradient's zeros alone, and a whole MiniLM-L6 fine-tuning step (bf16 autocast where native,
+   32 x 13 tokens, fused AdamW), each setting in its own child process (a process cannot undo it): time, minor page
+   faults and system CPU time per call.
+Each time is the best of `--rounds` timings of `--repeats` calls (the page faults and system time: of the last round).
 
     python benchmarks/cpu_ops.py
 """
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules.precision import native_bf16  # noqa: E402
 from models.cpu_dropout import masked_dropout  # noqa: E402
+from callbacks.cpu_malloc import keep_freed_memory  # noqa: E402
 
 # (rows, inner, cols): roberta_small at 32 x 128 tokens (hidden 256, FFN 1024, the sparse head over ~615 masked
 # positions and a 16k vocabulary), then a 2048 square
@@ -40,11 +48,64 @@ def best_time(fn, repeats: int, rounds: int) -> float:
     return best
 
 
+def finetune_step():
+    """One MiniLM-L6 sequence-classification step (32 x 13 tokens, dropout on, fused AdamW) as a function."""
+    from transformers import AutoModelForSequenceClassification
+
+    from models.pretrained import resolve_model_path
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("packaged:all-minilm-l6-v2"),
+                                                               num_labels=2).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    input_ids, labels = torch.randint(1000, 20000, (32, 13)), torch.randint(0, 2, (32,))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16("cpu")):
+            loss = F.cross_entropy(model(input_ids=input_ids).logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return step
+
+
+def allocation_child(setting: str, repeats: int, rounds: int) -> None:
+    """Child process: time the zeros and the step under one malloc setting; print JSON."""
+    if setting == "keep_freed_memory" and not keep_freed_memory():
+        raise SystemExit("keep_freed_memory: not glibc")
+    results = {}
+    for name, fn in (("zeros [30522, 384] (47 MB)", lambda: torch.zeros(30522, 384)),
+                     ("MiniLM-L6 fine-tuning step", finetune_step())):
+        seconds = best_time(fn, repeats, rounds)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(repeats):
+            fn()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        results[name] = (seconds, (after.ru_minflt - before.ru_minflt) / repeats,
+                         (after.ru_stime - before.ru_stime) / repeats)
+    print(json.dumps(results))
+
+
+def allocation_table(repeats: int, rounds: int) -> None:
+    print("\n| glibc malloc: defaults -> keep_freed_memory | time | minor page faults | system CPU |")
+    print("|---|---:|---:|---:|")
+    runs = {}
+    for setting in ("defaults", "keep_freed_memory"):
+        out = subprocess.run([sys.executable, __file__, "--allocation-child", setting, "--repeats", str(repeats),
+                              "--rounds", str(rounds)], capture_output=True, text=True, check=True).stdout
+        runs[setting] = json.loads(out.strip().splitlines()[-1])
+    for name, (t0, faults0, sys0) in runs["defaults"].items():
+        t1, faults1, sys1 = runs["keep_freed_memory"][name]
+        print(f"| {name} | {t0 * 1e3:.1f} -> {t1 * 1e3:.1f} ms | {faults0:,.0f} -> {faults1:,.0f} | "
+              f"{sys0 * 1e3:.1f} -> {sys1 * 1e3:.1f} ms |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--allocation-child", choices=["defaults", "keep_freed_memory"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.allocation_child:
+        return allocation_child(args.allocation_child, args.repeats, args.rounds)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {native_bf16('cpu')}\n")
     print("| product (rows x inner x cols) | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |")
@@ -64,6 +125,7 @@ def main():
         ns = 1e9 / x.numel()
         print(f"| {name} | {plain * 1e3:.1f} ms ({plain * ns:.1f} ns/element) | {masked * 1e3:.1f} ms "
               f"({masked * ns:.1f} ns/element) | {plain / masked:.2f}x |")
+    allocation_table(args.repeats, args.rounds)
 
 
 if __name__ == "__main__":

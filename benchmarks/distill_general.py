@@ -22,7 +22,8 @@ three times (forward + backward), each with the LM head at every non-pad positio
 positions needs. Precision: litbert's default (bf16-mixed where the device multiplies bf16 natively, fp32 otherwise or
 with `--fp32`); the loop in the same dtype (`--bf16` autocast) and, where that is bf16, in fp32 as well, since its
 full-vocabulary logits and losses can make bf16 autocast the slower of the two (the loop at its best is the faster
-one). MFU divides by the measured matmul peak of each method's dtype.
+one), and in litbert's dtype with glibc's malloc set as litbert sets it (`harness.with_litbert_malloc`). MFU divides by
+the measured matmul peak of each method's dtype.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, compare, device_peak_flops,  # noqa: E402
                                 lightning_precision, lightning_steps_done, machine_line, periodic_work_past,
-                                print_table, reference_precision, run_dtype)
+                                print_table, reference_precision, run_dtype, with_litbert_malloc)
 
 CONFIG = "configs/distill/roberta_general.yaml"
 TRAIN_FILE = "wikitext-2/train.txt"
@@ -134,6 +135,7 @@ def main():
         methods = [Method(REFERENCE, reference(dtype), env, dtype=dtype)]
         if dtype == "bf16":
             methods.append(Method(f"{REFERENCE}, fp32", reference("fp32"), env))
+        methods.append(with_litbert_malloc(methods[0]))  # litbert's malloc setting in the loop's process too
         methods.append(litbert([], "litbert"))
         if args.plain_loss:
             methods.append(litbert(["--model.init_args.fused_lm_loss=false"], "litbert fused_lm_loss=false"))

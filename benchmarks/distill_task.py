@@ -6,7 +6,8 @@ Teacher: the packaged MiniLM-L6 (6 layers, hidden 384) with a new, untrained cla
 tokenizer into a temporary folder (accuracy does not matter for timing: every method does the same arithmetic whatever
 the weights). Student: its DistilBERT extraction of layers [0, 2, 4]. Batch 32, max_seq_length 128, the first
 `--max_train_samples` SST-2 training rows, random order, dynamic padding; bf16 autocast for every method where the
-device multiplies bf16 natively (litbert's default bf16-mixed; `--fp32`: every method in fp32).
+device multiplies bf16 natively (litbert's default bf16-mixed; `--fp32`: every method in fp32). The loop runs a
+second time as `plain PyTorch loop_malloc`, with glibc's malloc set as litbert sets it (`harness.with_litbert_malloc`).
 
 Timing (benchmarks/harness.py): every method runs `--short_epochs` and `--epochs` epochs as separate processes,
 alternating; per-epoch time = (T_long - T_short) / (long - short), so start-up (imports, model loading, the cached
@@ -37,7 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import (REPO, Method, compare, device_peak_flops, lightning_precision,  # noqa: E402
-                                machine_line, print_table, reference_precision, run_dtype)
+                                machine_line, print_table, reference_precision, run_dtype,
+                                with_litbert_malloc)
 
 CONFIG = "configs/distill/glue.yaml"
 # the student of both methods (the reference loop extracts the same layers): the map configs/distill/glue.yaml used
@@ -133,7 +135,8 @@ def methods(args, teacher: Path, work: Path, cache_dir: Path, dtype: str) -> lis
                 f"--batch_size={args.batch_size}", f"--max_seq_length={args.max_seq_length}", f"--device={args.device}",
                 *reference_precision(dtype)]
 
-    return [Method("plain PyTorch loop", reference, env=threads, dtype=dtype),
+    loop = Method("plain PyTorch loop", reference, env=threads, dtype=dtype)
+    return [loop, with_litbert_malloc(loop),
             litbert("litbert, teacher per step", "--model.init_args.cache_teacher_logits=false"),
             litbert("litbert, cached teacher logits")]
 

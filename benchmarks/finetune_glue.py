@@ -9,6 +9,8 @@ per-step time from the difference, so start-up cancels):
 - `hf_trainer_best`: the same with the Trainer's own best settings for this, `train_sampling_strategy=
   "group_by_length"` (batches of similar lengths: less padding) and, where the device multiplies bf16 natively,
   `bf16=True`;
+- `hf_trainer_best_malloc`: `hf_trainer_best` with glibc's malloc set as litbert sets it in its process
+  (`harness.with_litbert_malloc`; not a Trainer option);
 - `litbert`: `python train.py fit --config configs/finetune/glue.yaml --trainer.max_steps N
   --trainer.default_root_dir root`, the shipped config as it is (its batching, callbacks, logger, and what it does
   once at the end: validation, checkpoint, export), in a fresh directory, with DATA_DIR set; Lightning must report
@@ -44,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
                                 lightning_precision, lightning_steps_done, machine_line, print_table,
-                                reference_precision, reported_steps_done, run_dtype)
+                                reference_precision, reported_steps_done, run_dtype, with_litbert_malloc)
 
-HF_METHODS = ("hf_trainer_defaults", "hf_trainer_best")
+HF_METHODS = ("hf_trainer_defaults", "hf_trainer_best", "hf_trainer_best_malloc")
 METHODS = (*HF_METHODS, "litbert")
 
 
@@ -135,9 +137,9 @@ def main():
                     "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root",
                     *lightning_precision(dtype)]
 
-        methods = [Method("hf_trainer_defaults", hf_command("random", "fp32"), env, reported_steps_done),
-                   Method("hf_trainer_best", hf_command("group_by_length", dtype), env, reported_steps_done,
-                          dtype),
+        best = Method("hf_trainer_best", hf_command("group_by_length", dtype), env, reported_steps_done, dtype)
+        methods = [Method("hf_trainer_defaults", hf_command("random", "fp32"), env, reported_steps_done), best,
+                   with_litbert_malloc(best),
                    Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
         methods = [m for m in methods if m.name in args.methods]
         print(machine_line(peak, args.device), flush=True)

@@ -26,6 +26,11 @@ a CPU with AVX512-BF16 or AMX: `lightning_modules.precision.native_bf16`), litbe
 default) and each reference runs at its best in bf16 too, beside the Hugging Face Trainer's fp32 defaults; `--fp32`
 puts every method in fp32. The numerator is the same for every method on the same data, so the ratio of two MFUs in
 the same dtype is their speed ratio.
+
+Each benchmark also runs its best reference a second time as `<name>_malloc` (`with_litbert_malloc`): with glibc's
+malloc set from the process start as litbert sets it in its own (`callbacks.cpu_malloc`, through `GLIBC_TUNABLES`).
+That is not an option of the reference, but it is litbert's one CPU default that is about memory rather than the
+computation, so the twin shows how much of litbert's lead it accounts for.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -192,6 +197,14 @@ class Method:
     env: dict = field(default_factory=dict)
     steps_done: Callable[[Path, str], int] | None = None
     dtype: str = "fp32"    # what its matrix products compute in: "fp32", or "bf16" under autocast
+
+
+def with_litbert_malloc(method: Method) -> Method:
+    """`method` again as `<name>_malloc`, its process started with `GLIBC_TUNABLES` set to litbert's malloc thresholds
+    (`callbacks.cpu_malloc.glibc_tunables`)."""
+    from callbacks.cpu_malloc import glibc_tunables
+
+    return replace(method, name=f"{method.name}_malloc", env={**method.env, "GLIBC_TUNABLES": glibc_tunables()})
 
 
 def run_method(method: Method, steps: int) -> RunResult:

@@ -11,6 +11,8 @@ per-step time from the difference, so start-up cancels):
   the same files as the config;
 - `hf_trainer_bf16`: the same with the Trainer's `bf16=True`, its best setting where the device multiplies bf16
   natively (only there);
+- `hf_trainer_bf16_malloc` (`hf_trainer_defaults_malloc` without native bf16): the Trainer at its best with glibc's
+  malloc set as litbert sets it in its process (`harness.with_litbert_malloc`; not a Trainer option);
 - `litbert`: `python train.py fit --config configs/mlm/roberta_small.yaml --config <override> --trainer.max_steps N
   --trainer.default_root_dir root --data.init_args.tokenizer <absolute path>` in a fresh directory with DATA_DIR set;
   the override (`harness.periodic_work_past`) moves the config's validation (every 250 steps) and step checkpoints
@@ -44,9 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
                                 lightning_precision, lightning_steps_done, machine_line, periodic_work_past,
-                                print_table, reference_precision, reported_steps_done, run_dtype)
+                                print_table, reference_precision, reported_steps_done, run_dtype,
+                                with_litbert_malloc)
 
-METHODS = ("hf_trainer_defaults", "hf_trainer_bf16", "litbert")
+METHODS = ("hf_trainer_defaults", "hf_trainer_bf16", "hf_trainer_bf16_malloc", "hf_trainer_defaults_malloc",
+           "litbert")
 
 
 def parse_args():
@@ -127,11 +131,13 @@ def main():
                     "--trainer.default_root_dir", "root", "--data.init_args.tokenizer", str(tokenizer_dir),
                     *lightning_precision(dtype)]
 
-        methods = [Method("hf_trainer_defaults", hf_command, env, reported_steps_done),
-                   Method("hf_trainer_bf16", lambda steps: hf_command(steps, "bf16"), env, reported_steps_done,
-                          "bf16"),
-                   Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
-        methods = [m for m in methods if m.name in args.methods and (m.name != "hf_trainer_bf16" or dtype == "bf16")]
+        methods = [Method("hf_trainer_defaults", hf_command, env, reported_steps_done)]
+        if dtype == "bf16":
+            methods.append(Method("hf_trainer_bf16", lambda steps: hf_command(steps, "bf16"), env,
+                                  reported_steps_done, "bf16"))
+        methods += [with_litbert_malloc(methods[-1]),  # the Trainer at its best, with litbert's malloc setting
+                    Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
+        methods = [m for m in methods if m.name in args.methods]
         print(machine_line(peak, args.device), flush=True)
         print(f"MLM {Path(args.config).name}: {' + '.join(data_args['train_files'])}, vocabulary {len(tokenizer)}, "
               f"batch {batch_size} x {seq_len}, {args.device}; runs of {args.short} and {args.long} steps, "
