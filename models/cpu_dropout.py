@@ -1,14 +1,14 @@
 """Dropout on the CPU with a cheaper random mask: the same Bernoulli(1 - p) keep mask and 1 / (1 - p) scaling as
 `torch.nn.functional.dropout`, drawn from torch's global generator (so `torch.manual_seed` and callbacks/step_seed.py
-govern it), about 2.5x faster (benchmarks/cpu_ops.py).
+govern it), 2.5-3.2x faster (benchmarks/cpu_ops.py, two runs).
 
-Why by hand: torch's CPU dropout draws one Bernoulli sample per element through its serial generator (8 ns an element
-on the project's 2-core Zen 4, benchmarks/cpu_ops.py), and SDPA with dropout on a CPU runs its math path
-with the same draw. In a bf16 MLM step of `roberta_small` that is 85 ms of 490 (17%: 17M elements a step); the
-matrix products are what remains. Here one 64-bit draw gives four 15-bit uniform integers (`random_` on int64 fills
-63 bits: the top bit of each 16-bit quarter is masked off), and an element is kept when its integer is at least
-round(p * 2^15): p is rounded to a multiple of 2^-15 (0.1 -> 0.100006). Nothing changes on a GPU (its dropout kernel
-is fast), in eval mode, or at p = 0: those take torch's own path.
+Why by hand: torch's CPU dropout draws one Bernoulli sample per element through its serial generator (6-8 ns an
+element on the project's 2-core Zen 4, against 2-3 ns here: benchmarks/cpu_ops.py), and SDPA with dropout on a CPU
+runs its math path with the same draw. In a bf16 MLM step of `roberta_small` that is 85 ms of 490 (17%: 17M elements
+a step); the matrix products are what remains. Here one 64-bit draw gives four 15-bit uniform integers (`random_` on
+int64 fills 63 bits: the top bit of each 16-bit quarter is masked off), and an element is kept when its integer is at
+least round(p * 2^15): p is rounded to a multiple of 2^-15 (0.1 -> 0.100006). Nothing changes on a GPU (its dropout
+kernel is fast), in eval mode, or at p = 0: those take torch's own path.
 
 `use_cpu_dropout(model)` puts this into a Hugging Face model in place: every `nn.Dropout` becomes a `CPUDropout` (no
 parameters: state dicts and exports are unchanged), and an SDPA model's attention becomes "sdpa_cpu_dropout", which is
