@@ -1,9 +1,9 @@
 """FastCPUDropout: the trained model's dropout drawn with `models.cpu_dropout` when training runs on the CPU.
 
 torch's CPU dropout samples its mask one element at a time; `models.cpu_dropout` draws the same Bernoulli mask
-2.5-3.2x faster (17% of a bf16 MLM step of `roberta_small` on 2 cores went to dropout; benchmarks/README.md). train.py adds
-this callback to every run unless the config lists it (`add_default_callbacks`); on a GPU, or with a compiled model
-(`callbacks.compile.TorchCompile` brings its own random kernels), it does nothing. The results command
+2.5-3.2x faster (17% of a bf16 MLM step of `roberta_small` on 2 cores went to dropout; benchmarks/README.md). train.py
+adds this callback to every run unless the config lists it (`add_default_callbacks`); on a GPU, or with a compiled
+model (`callbacks.compile.TorchCompile` brings its own random kernels), it does nothing. The results command
 (`scripts/results.py`) turns it off: its committed records were measured with torch's dropout.
 
 YAML (under `trainer:`), to keep torch's dropout on the CPU:
