@@ -34,8 +34,11 @@ def second_allocation_faults(setting: str) -> int:
 
 @glibc_only
 def test_a_freed_large_tensor_is_reused_not_faulted_in_again():
-    assert second_allocation_faults("defaults") > 10_000  # 64 MB in 4 KB pages: 16,384 fresh pages (or 32 huge ones)
-    assert second_allocation_faults("keep") < 1_000
+    # glibc's defaults map 64 MB afresh every time: 16,384 faults in 4 KB pages (32 where the kernel hands out 2 MB
+    # transparent huge pages for every mapping); kept, the freed memory is already there
+    defaults, keep = second_allocation_faults("defaults"), second_allocation_faults("keep")
+    assert defaults >= 32
+    assert keep * 10 < defaults
 
 
 @glibc_only
