@@ -11,7 +11,8 @@ writes three of them back, 28 bytes per fp32 parameter: a pass bound by memory b
 measured copy bandwidth).
 
 The default is the fine-tuning config of the README's "Speed" table (SST-2, MiniLM-L6, batch 32), where the steps
-10-210 are the ones `finetune_glue.py` times.
+10-210 are the ones `finetune_glue.py` times. CPU only (the runs see no GPU): on a GPU an operator's CPU time is its
+launch, not its work.
 
     DATA_DIR=../shared/data python benchmarks/step_breakdown.py --start 10 --steps 200
 """
@@ -161,14 +162,13 @@ def main():
     p.add_argument("--start", type=int, default=10, help="first batch of the window (those before warm up)")
     p.add_argument("--steps", type=int, default=200, help="batches in the window")
     p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="the data folder (DATA_DIR)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     args = p.parse_args()
-    dtype = run_dtype(args.device)
-    peak = device_peak_flops(args.device, [dtype])
+    dtype = run_dtype("cpu")
+    peak = device_peak_flops("cpu", [dtype])
     bandwidth = copy_bandwidth()
-    print(machine_line(peak, args.device) + f"; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+    print(machine_line(peak, "cpu") + f"; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as tmp:
-        env = {**child_env(Path(tmp), args.device), "DATA_DIR": str(Path(args.data_dir).resolve())}
+        env = {**child_env(Path(tmp), "cpu"), "DATA_DIR": str(Path(args.data_dir).resolve())}
         # validation and checkpoints every N steps moved past the window (the config's own list, restated whole)
         periodic, moved = periodic_work_past(args.config, args.start + args.steps)
         configs = [Path(args.config).resolve()]
