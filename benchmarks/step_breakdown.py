@@ -4,11 +4,11 @@ Runs `train.py fit --config <config>` twice in child processes over the same win
 order is a pure function of the seed): once under `torch.profiler` (`StepProfile`: every operator's own CPU time,
 and the FLOPs of the matrix products) and once without it (`StepProfile(profile=False)`), for the true step time,
 since the profiler slows the many small operators. It prints the profiled time by kind of work (matrix products,
-the optimiser, casts and copies, zero fills, random draws, the other operators) and sets the two floors of a step
-against it: the matrix products at the measured matmul peak of the run's dtype (`harness.device_peak_flops`), and
+the optimiser, casts and copies, zero fills, random draws, the other operators) and sets a floor of the step
+against it: the matrix products at the measured matmul peak of the run's dtype (`harness.device_peak_flops`) plus
 the optimiser's pass over its state as measured (fused AdamW reads the weight, the gradient and the two moments and
-writes three of them back, 28 bytes per fp32 parameter: a pass bound by memory bandwidth, shown against the machine's
-measured copy bandwidth).
+writes three of them back, 28 bytes per fp32 parameter; its rate is printed beside the machine's measured copy rate
+for scale).
 
 The default is the fine-tuning config of the README's "Speed" table (SST-2, MiniLM-L6, batch 32), where the steps
 10-210 are the ones `finetune_glue.py` times. CPU only (the runs see no GPU): on a GPU an operator's CPU time is its
@@ -57,7 +57,8 @@ def kind_of(operator: str) -> str:
 
 
 class StepProfile(pl.Callback):
-    """Times (and with `profile`, profiles) the optimiser steps [start, start + steps) of a fit; rank 0 writes
+    """Times (and with `profile`, profiles) the batches [start, start + steps) of a fit's first epoch (optimiser steps
+    without gradient accumulation); rank 0 writes
     {"steps", "wall_s", "minor_faults", "trainable_parameters", "operators": {name: [self CPU us, calls, FLOPs]}}
     to `output` (minor page faults of the process during the window: memory taken fresh from the kernel).
 
@@ -149,7 +150,7 @@ def report(profiled: dict, timed: dict, peak_flops: float, bandwidth: float, dty
             lines.append(f"| {name} | {kinds[name]['ms']:.1f} | {100 * kinds[name]['ms'] / total:.0f}% | "
                          f"{notes.get(name, '')} |")
     floor = mm_floor + optimiser_ms
-    lines += ["", f"floor (the matrix products at peak + the optimiser's pass as measured, bound by memory): "
+    lines += ["", f"floor (the matrix products at peak + the optimiser's pass as measured): "
                   f"{floor:.1f} ms, {100 * floor / step_ms:.0f}% of the unprofiled step; the rest "
                   f"({step_ms - floor:.1f} ms) is element-wise work, casts, fills, random draws and the Python and "
                   f"autograd overhead"]
@@ -163,6 +164,8 @@ def main():
     p.add_argument("--steps", type=int, default=200, help="batches in the window")
     p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="the data folder (DATA_DIR)")
     args = p.parse_args()
+    if not Path(args.config).is_file():
+        sys.exit(f"--config {args.config}: no such file (expected a YAML config such as configs/finetune/glue.yaml)")
     dtype = run_dtype("cpu")
     peak = device_peak_flops("cpu", [dtype])
     bandwidth = copy_bandwidth()
@@ -189,6 +192,9 @@ def main():
             run_timed([sys.executable, str(REPO / "train.py"), "fit",
                        *[arg for config in [*configs, window] for arg in ("--config", str(config))],
                        "--trainer.default_root_dir", "root", *lightning_precision(dtype)], env=env, cwd=workdir)
+            if not output.is_file():  # the run ended before the window did (batch_idx restarts each epoch)
+                sys.exit(f"--start {args.start} --steps {args.steps}: the run ended before batch "
+                         f"{args.start + args.steps - 1} of its first epoch; choose a window inside the first epoch")
             results[profile] = json.loads(output.read_text())
             print(f"  {'profiled' if profile else 'timed'} run: steps {args.start}..{args.start + args.steps} done",
                   flush=True)
