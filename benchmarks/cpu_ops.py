@@ -1,4 +1,4 @@
-"""Benchmark: the two CPU facts behind litbert's CPU defaults, measured on the machine at hand.
+"""Benchmark: the CPU facts behind litbert's CPU defaults and its benchmark windows, measured on the machine at hand.
 
 1. bf16 against fp32 matrix products on the shapes of a `roberta_small` MLM step and a MiniLM-L6 layer (why train.py
    picks bf16-mixed on a CPU with AVX512-BF16 or AMX: `lightning_modules.precision.native_bf16`).
@@ -8,6 +8,10 @@
    the word-embedding gradient's zeros alone, and a whole MiniLM-L6 fine-tuning step (bf16 autocast where native,
    32 x 13 tokens, fused AdamW), each setting in its own child process (a process cannot undo it): time, minor page
    faults and system CPU time per call.
+4. The first matrix product of a new shape against the same product again, on a MiniLM-L6 projection ([32 x L, 384] x
+   [384, 384], L a sentence length) in the dtype train.py picks: the CPU library (oneDNN) builds a kernel per new shape
+   and caches it, so the first steps of a fine-tuning run, where SST-2's length-grouped batches keep bringing new
+   lengths (41 by step 210, 57 in the epoch), pay a cost that later steps do not (benchmarks/README.md).
 Each time is the best of `--rounds` timings of `--repeats` calls (the page faults and system time: of the last round).
 
     python benchmarks/cpu_ops.py
@@ -33,6 +37,7 @@ from callbacks.cpu_malloc import keep_freed_memory  # noqa: E402
 # (rows, inner, cols): roberta_small at 32 x 128 tokens (hidden 256, FFN 1024, the sparse head over ~615 masked
 # positions and a 16k vocabulary), then a 2048 square
 MATMULS = [(4096, 256, 256), (4096, 256, 1024), (4096, 1024, 256), (615, 256, 16000), (2048, 2048, 2048)]
+FIRST_USE_LENGTHS = (5, 9, 13, 17, 21, 33)  # L of [32 x L, 384] x [384, 384]: shapes no other table here uses
 DROPOUTS = {"attention probabilities [32, 4, 128, 128]": (32, 4, 128, 128),
             "hidden states [32, 128, 256]": (32, 128, 256)}
 
@@ -98,6 +103,22 @@ def allocation_table(repeats: int, rounds: int) -> None:
               f"{sys0 * 1e3:.1f} -> {sys1 * 1e3:.1f} ms |")
 
 
+def first_use_table(repeats: int, rounds: int) -> None:
+    """Time of the first product of each new shape, and the best of `rounds` x `repeats` of the same product after."""
+    dtype = torch.bfloat16 if native_bf16("cpu") else torch.float32
+    weight = torch.randn(384, 384, dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    print(f"\n| {name} product, a new shape | first call | the same again | first / again |")
+    print("|---|---:|---:|---:|")
+    for length in FIRST_USE_LENGTHS:
+        x = torch.randn(32 * length, 384, dtype=dtype)
+        start = time.perf_counter()
+        x @ weight
+        first = time.perf_counter() - start
+        again = best_time(lambda: x @ weight, repeats, rounds)
+        print(f"| {32 * length} x 384 x 384 | {first * 1e3:.2f} ms | {again * 1e3:.3f} ms | {first / again:.0f}x |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=10)
@@ -125,6 +146,7 @@ def main():
         ns = 1e9 / x.numel()
         print(f"| {name} | {plain * 1e3:.1f} ms ({plain * ns:.1f} ns/element) | {masked * 1e3:.1f} ms "
               f"({masked * ns:.1f} ns/element) | {plain / masked:.2f}x |")
+    first_use_table(args.repeats, args.rounds)
     allocation_table(args.repeats, args.rounds)
 
 
