@@ -66,17 +66,29 @@ def recipe(config_path: str) -> tuple[dict, dict]:
     return config["model"]["init_args"], config["data"]["init_args"]
 
 
-def example_lengths(data_args: dict, data_dir: Path, cache_dir: Path) -> list[int]:
-    """Non-padding length of every training example, as litbert's GLUEDataModule tokenizes it (the reference
-    truncates the same way with the same tokenizer); builds litbert's cache of it on the way."""
-    from datamodules.base import row_lengths
+def litbert_train_data(data_args: dict, data_dir: Path, cache_dir: Path):
+    """litbert's GLUEDataModule of the config, set up for fit (builds its cache of the tokenized split on the way)."""
     from datamodules.glue import GLUEDataModule
 
     dm = GLUEDataModule(tokenizer=data_args["tokenizer"], task_name=data_args["task_name"], data_dir=str(data_dir),
-                        cache_dir=str(cache_dir), max_seq_length=int(data_args["max_seq_length"]))
+                        cache_dir=str(cache_dir), max_seq_length=int(data_args["max_seq_length"]),
+                        batch_size=int(data_args["batch_size"]),
+                        group_by_length=bool(data_args.get("group_by_length", True)))
     dm.prepare_data()
     dm.setup("fit")
-    return row_lengths(dm.train_dataset)
+    return dm
+
+
+def distinct_lengths_by_step(batch_lengths: list[int], marks: tuple[int, ...]) -> dict[int, int]:
+    """{step: how many distinct batch lengths the batches before it had}, for each mark within the epoch and for
+    the epoch's end. On a CPU every new length brings product shapes the library meets for the first time (dearer:
+    benchmarks/cpu_ops.py), so the early steps of a run cost more than the later ones."""
+    counts, seen = {}, set()
+    for step, length in enumerate(batch_lengths, start=1):
+        seen.add(length)
+        if step in marks or step == len(batch_lengths):
+            counts[step] = len(seen)
+    return counts
 
 
 def useful_flops_per_sample(pretrained: str, num_labels: int, lengths: list[int]) -> float:
@@ -94,6 +106,7 @@ def useful_flops_per_sample(pretrained: str, num_labels: int, lengths: list[int]
 
 def main():
     args = parse_args()
+    from datamodules.base import row_lengths
     from datamodules.tasks import GLUE_TASKS, normalize_task_name
     from models.pretrained import resolve_model_path
 
@@ -111,7 +124,11 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="bench-glue-") as cache:
         env = child_env(Path(cache), args.device)
-        lengths = example_lengths(data_args, data_dir, Path(env["LITBERT_CACHE"]))
+        dm = litbert_train_data(data_args, data_dir, Path(env["LITBERT_CACHE"]))
+        # non-padding length of every training example (the reference truncates the same way, same tokenizer)
+        lengths = row_lengths(dm.train_dataset)
+        # the padded length of litbert's batches in its first epoch, in order (the sampler is a function of the seed)
+        batch_lengths = [batch["input_ids"].shape[1] for batch in dm.train_dataloader()]
         steps_per_epoch = math.ceil(len(lengths) / batch_size)
         if args.long >= steps_per_epoch:
             sys.exit(f"--long {args.long} reaches the end of the first epoch ({steps_per_epoch} steps), where "
@@ -146,6 +163,9 @@ def main():
         print(f"GLUE {task.name} train ({len(lengths)} examples), {model_args['pretrained']}, batch {batch_size}, "
               f"max_seq_length {max_len}, {args.device}; runs of {args.short} and {args.long} steps, {args.repeats} "
               f"repeat(s), after one untimed warm-up run each", flush=True)
+        distinct = distinct_lengths_by_step(batch_lengths, (10, args.short, args.long, 300, 700))
+        print("distinct batch lengths of litbert's first epoch, by step: "
+              + ", ".join(f"{step}: {count}" for step, count in sorted(distinct.items())), flush=True)
         measured = compare(methods, args.short, args.long, repeats=args.repeats)
 
     tokens_per_sample = statistics.fmean(lengths)

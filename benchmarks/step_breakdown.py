@@ -11,7 +11,8 @@ writes three of them back, 28 bytes per fp32 parameter; its rate is printed besi
 for scale).
 
 The default is the fine-tuning config of the README's "Speed" table (SST-2, MiniLM-L6, batch 32), where the steps
-10-210 are the ones `finetune_glue.py` times. CPU only (the runs see no GPU): on a GPU an operator's CPU time is its
+10-210 are the ones `finetune_glue.py` times; `--start 300` looks past the first uses of most batch lengths, which
+cost more on a CPU (benchmarks/README.md). CPU only (the runs see no GPU): on a GPU an operator's CPU time is its
 launch, not its work.
 
     DATA_DIR=../shared/data python benchmarks/step_breakdown.py --start 10 --steps 200
