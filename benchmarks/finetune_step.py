@@ -2,8 +2,9 @@
 
 The step of `configs/finetune/glue.yaml` (SST-2, the packaged MiniLM-L6, batch 32, length-grouped batches, bf16
 autocast where the CPU multiplies bf16 natively, litbert's CPU dropout, the last layer at the first token, fused
-AdamW, the malloc setting) is rebuilt from the same pieces (`GLUEDataModule`'s batches `--start` to `--start +
---steps`, `SequenceClassificationModule.classify`, `lightning_modules.optim`) and timed three ways:
+AdamW, the malloc setting and oneDNN kernel cache) is rebuilt from the same pieces (`GLUEDataModule`'s batches
+`--start` to `--start + --steps`, `SequenceClassificationModule.classify`, `lightning_modules.optim`) and timed
+three ways:
 
 1. cold and warm: the first pass over the batches in a fresh process against the next (ms a step, minor page faults
    a step): oneDNN builds a kernel for each new product shape, and the heap grows under the malloc setting; and with
@@ -23,14 +24,17 @@ AdamW, the malloc setting) is rebuilt from the same pieces (`GLUEDataModule`'s b
     # oneDNN's kernel cache (callbacks/cpu_kernel_cache.py): the second pass over 700 batches, default vs raised
     DATA_DIR=../shared/data python benchmarks/finetune_step.py --start 0 --steps 700 --variants --kernel_cache 1024
     DATA_DIR=../shared/data python benchmarks/finetune_step.py --start 0 --steps 700 --variants
+    DATA_DIR=../shared/data python benchmarks/finetune_step.py --start 0 --steps 700 --count_kernels  # kernels built
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import resource
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -47,8 +51,8 @@ from callbacks.cpu_malloc import keep_freed_memory  # noqa: E402
 from lightning_modules import finetune  # noqa: E402
 from lightning_modules.optim import adamw_implementation, weight_decay_groups  # noqa: E402
 from lightning_modules.precision import native_bf16  # noqa: E402
-from models.cpu_dropout import ATTENTION, CPUDropout, use_cpu_dropout  # noqa: E402
 from models.attention_hooks import encoder_layers  # noqa: E402
+from models.cpu_dropout import ATTENTION, CPUDropout, use_cpu_dropout  # noqa: E402
 
 STAGES = ("forward", "backward", "step")
 
@@ -280,6 +284,26 @@ def faulted_pass(step: Step, batches: list[dict]) -> tuple[float, float]:
     return 1000 * seconds / len(batches), faults / len(batches)
 
 
+def kernels_built(step: Step, batches: list[dict]) -> tuple[int, int]:
+    """(oneDNN kernels built, distinct product shapes among them) in a pass over `batches`, from oneDNN's verbose
+    lines ("create:cache_miss": a kernel built; its shape and layout follow), which it prints to file descriptor 1."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON_CREATION):
+                step.timed(batches)
+        finally:
+            libc.fflush(None)  # oneDNN writes through C's stdio buffer
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        built = [line.split(",", 4)[-1].rsplit(",", 1)[0] for line in log if ",create:cache_miss," in line]
+    return len(built), len(set(built))
+
+
 def tiny_batch(batch: dict, rows: int = 1, length: int = 4) -> dict:
     """The first `rows` examples of a batch cut to `length` tokens."""
     return {k: v[:rows, :length] if v.dim() == 2 else v[:rows] for k, v in batch.items()}
@@ -310,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternated rounds of the variants")
     p.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(VARIANTS), help="variants to time")
     p.add_argument("--tiny_steps", type=int, default=50, help="steps of the 1 x 4 batch for each stage")
+    p.add_argument("--count_kernels", action="store_true",
+                   help="only count the oneDNN kernels a first pass over the batches builds (verbose; untimed)")
     p.add_argument("--kernel_cache", type=int, default=CAPACITY,
                    help="oneDNN's kernel-cache capacity (callbacks/cpu_kernel_cache.py; 1024: oneDNN's default)")
     args = p.parse_args(argv)
@@ -328,6 +354,11 @@ def main(argv: list[str] | None = None) -> None:
           f"mean {sum(lengths) / len(lengths):.1f}), packaged MiniLM-L6, {dtype}, fused AdamW, malloc setting on, "
           f"oneDNN kernel cache {args.kernel_cache:,}")
 
+    if args.count_kernels:
+        built, distinct = kernels_built(step, batches)
+        print(f"oneDNN kernels built in a first pass over the {len(batches)} batches: {built:,} ({distinct:,} distinct "
+              f"product shapes and layouts; oneDNN's default cache keeps 1,024)")
+        return
     cold = faulted_pass(step, batches)
     warm = faulted_pass(step, batches)
     print(f"\ncold and warm: first pass {cold[0]:.1f} ms a step ({cold[1]:,.0f} minor page faults a step), "

@@ -5,6 +5,7 @@ import torch
 
 from benchmarks import finetune_step
 from lightning_modules.finetune import SequenceClassificationModule
+from lightning_modules.precision import native_bf16
 from models.cpu_dropout import CPUDropout, use_cpu_dropout
 
 
@@ -23,13 +24,13 @@ def make_step(model_dir, autocast: bool) -> finetune_step.Step:
     return finetune_step.Step(module, autocast=autocast)
 
 
-def make_batch(vocab_size: int) -> dict:
+def make_batch(vocab_size: int, rows: int = 4, length: int = 9) -> dict:
     generator = torch.Generator().manual_seed(0)
-    mask = torch.ones(4, 9, dtype=torch.long)
+    mask = torch.ones(rows, length, dtype=torch.long)
     mask[1, 6:], mask[3, 4:] = 0, 0  # padded rows
-    ids = torch.randint(5, vocab_size, (4, 9), generator=generator).masked_fill(mask == 0, 0)
+    ids = torch.randint(5, vocab_size, (rows, length), generator=generator).masked_fill(mask == 0, 0)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
-            "labels": torch.tensor([0, 1, 1, 0])}
+            "labels": torch.arange(rows) % 2}
 
 
 def gradients(step: finetune_step.Step, batch: dict) -> dict:
@@ -90,3 +91,12 @@ def test_tiny_batch_cuts_rows_and_tokens():
     tiny = finetune_step.tiny_batch(batch)
     assert tiny["input_ids"].shape == (1, 4) and tiny["labels"].shape == (1,)
     assert torch.equal(tiny["input_ids"], batch["input_ids"][:1, :4])
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="bf16 products go through oneDNN on a CPU with native bf16")
+def test_kernels_built_counts_the_first_passs_kernels_and_none_again(tiny_bert_dir):
+    step = make_step(tiny_bert_dir, autocast=True)
+    batch = make_batch(step.model.config.vocab_size, rows=5, length=37)  # shapes no other test of the process uses
+    built, distinct = finetune_step.kernels_built(step, [batch])
+    assert built >= distinct > 0  # forward and backward products of this batch's shapes
+    assert finetune_step.kernels_built(step, [batch]) == (0, 0)  # the same shapes again: all from oneDNN's cache
