@@ -9,8 +9,8 @@ per-step time from the difference, so start-up cancels):
 - `hf_trainer_best`: the same with the Trainer's own best settings for this, `train_sampling_strategy=
   "group_by_length"` (batches of similar lengths: less padding) and, where the device multiplies bf16 natively,
   `bf16=True`;
-- `hf_trainer_best_malloc`: `hf_trainer_best` with glibc's malloc set as litbert sets it in its process
-  (`harness.with_litbert_malloc`; not a Trainer option);
+- `hf_trainer_best_malloc`: `hf_trainer_best` with glibc's malloc and oneDNN's kernel cache set as litbert sets them
+  in its process (`harness.with_litbert_malloc`; not Trainer options);
 - `litbert`: `python train.py fit --config configs/finetune/glue.yaml --trainer.max_steps N
   --trainer.default_root_dir root`, the shipped config as it is (its batching, callbacks, logger, and what it does
   once at the end: validation, checkpoint, export), in a fresh directory, with DATA_DIR set; Lightning must report

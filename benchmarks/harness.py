@@ -200,11 +200,14 @@ class Method:
 
 
 def with_litbert_malloc(method: Method) -> Method:
-    """`method` again as `<name>_malloc`, its process started with `GLIBC_TUNABLES` set to litbert's malloc thresholds
-    (`callbacks.cpu_malloc.glibc_tunables`)."""
+    """`method` again as `<name>_malloc`, its process started with litbert's two process settings: `GLIBC_TUNABLES`
+    set to its malloc thresholds (`callbacks.cpu_malloc.glibc_tunables`) and oneDNN's kernel-cache capacity
+    (`callbacks.cpu_kernel_cache`; the twins of outputs before commit 90ecb88 had the malloc setting alone)."""
+    from callbacks.cpu_kernel_cache import CAPACITY, CAPACITY_VARIABLE
     from callbacks.cpu_malloc import glibc_tunables
 
-    return replace(method, name=f"{method.name}_malloc", env={**method.env, "GLIBC_TUNABLES": glibc_tunables()})
+    settings = {"GLIBC_TUNABLES": glibc_tunables(), CAPACITY_VARIABLE: str(CAPACITY)}
+    return replace(method, name=f"{method.name}_malloc", env={**method.env, **settings})
 
 
 def run_method(method: Method, steps: int) -> RunResult:

@@ -10,6 +10,7 @@ import yaml
 from benchmarks.harness import (REPO, Measured, Method, compare, lightning_precision, lightning_steps_done,
                                 periodic_work_past, print_table, reference_precision, reported_steps_done, run_dtype,
                                 run_method, run_timed, with_litbert_malloc)
+from callbacks.cpu_kernel_cache import CAPACITY, CAPACITY_VARIABLE
 from callbacks.cpu_malloc import glibc_tunables
 
 # A run of N "steps": START seconds of start-up, then N sleeps of STEP seconds.
@@ -58,13 +59,14 @@ def test_every_run_starts_in_a_fresh_directory_and_must_do_its_steps():
         compare([early], short=2, long=3, verbose=False)
 
 
-def test_the_malloc_twin_is_the_same_run_with_litberts_glibc_tunables_in_its_environment():
+def test_the_malloc_twin_is_the_same_run_with_litberts_process_settings_in_its_environment():
     show = ("import os, sys; print(f'optimizer_steps={sys.argv[1]}'); "
             "print('TUNABLES=' + os.environ.get('GLIBC_TUNABLES', ''))")
     method = Method("loop", lambda steps: [sys.executable, "-c", show, str(steps)], {"A": "1"}, reported_steps_done,
                     "bf16")
     twin = with_litbert_malloc(method)
-    assert (twin.name, twin.env, twin.dtype) == ("loop_malloc", {"A": "1", "GLIBC_TUNABLES": glibc_tunables()}, "bf16")
+    settings = {"GLIBC_TUNABLES": glibc_tunables(), CAPACITY_VARIABLE: str(CAPACITY)}
+    assert (twin.name, twin.env, twin.dtype) == ("loop_malloc", {"A": "1", **settings}, "bf16")
     assert method.env == {"A": "1"}  # the original is left as it was
     assert f"TUNABLES={glibc_tunables()}" in run_method(twin, 2).output
     assert "TUNABLES=\n" in run_method(method, 2).output
