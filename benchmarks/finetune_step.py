@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import os
 import resource
 import sys
@@ -45,7 +46,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import device_peak_flops, machine_line  # noqa: E402
+from benchmarks.finetune_glue import litbert_train_data, recipe  # noqa: E402
+from benchmarks.harness import REPO, device_peak_flops, machine_line  # noqa: E402
 from callbacks.cpu_kernel_cache import CAPACITY, CAPACITY_VARIABLE  # noqa: E402
 from callbacks.cpu_malloc import keep_freed_memory  # noqa: E402
 from lightning_modules import finetune  # noqa: E402
@@ -55,6 +57,7 @@ from models.attention_hooks import encoder_layers  # noqa: E402
 from models.cpu_dropout import ATTENTION, CPUDropout, use_cpu_dropout  # noqa: E402
 
 STAGES = ("forward", "backward", "step")
+MODEL_ARGS, DATA_ARGS = recipe(str(REPO / "configs/finetune/glue.yaml"))  # the step and data rebuilt here
 
 
 class Step:
@@ -310,20 +313,10 @@ def tiny_batch(batch: dict, rows: int = 1, length: int = 4) -> dict:
 
 
 def window(data_dir: str, start: int, steps: int) -> list[dict]:
-    """The training batches `start` .. `start + steps` of glue.yaml's first epoch (SST-2, batch 32, grouped)."""
-    from datamodules.glue import GLUEDataModule
-
-    data = GLUEDataModule(tokenizer="packaged:all-minilm-l6-v2", task_name="sst2", max_seq_length=128,
-                          batch_size=32, group_by_length=True, data_dir=data_dir)
-    data.prepare_data()
-    data.setup("fit")
-    batches = []
-    for index, batch in enumerate(data.train_dataloader()):
-        if index >= start + steps:
-            break
-        if index >= start:
-            batches.append(batch)
-    return batches
+    """The training batches `start` .. `start + steps` of glue.yaml's first epoch, from its data settings."""
+    with tempfile.TemporaryDirectory(prefix="finetune-step-") as cache_dir:
+        data = litbert_train_data(DATA_ARGS, Path(data_dir), Path(cache_dir))
+        return list(itertools.islice(data.train_dataloader(), start, start + steps))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,12 +337,15 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as callbacks/cpu_malloc.ReuseFreedMemory does in every CPU fit
     torch.manual_seed(42)
     batches = window(args.data_dir, args.start, args.steps)
-    module = finetune.SequenceClassificationModule("packaged:all-minilm-l6-v2", "sst2", num_labels=2)
+    module = finetune.SequenceClassificationModule(task_name=DATA_ARGS["task_name"], num_labels=2, **MODEL_ARGS)
     use_cpu_dropout(module.model)
     step = Step(module, autocast=native_bf16("cpu"))
     dtype = "bf16" if step.autocast else "fp32"
     print(machine_line(device_peak_flops("cpu", [dtype])))
     lengths = [int(b["input_ids"].shape[1]) for b in batches]
+    if len(set(lengths)) < 2:
+        sys.exit(f"finetune_step.py: batches {args.start}..{args.start + args.steps} are {len(batches)} of one "
+                 f"length; the fixed + per-token line needs two lengths at least (more --steps or another --start)")
     print(f"SST-2 batches {args.start}..{args.start + len(batches)} (batch 32, lengths {min(lengths)}-{max(lengths)}, "
           f"mean {sum(lengths) / len(lengths):.1f}), packaged MiniLM-L6, {dtype}, fused AdamW, malloc setting on, "
           f"oneDNN kernel cache {args.kernel_cache:,}")

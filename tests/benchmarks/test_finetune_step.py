@@ -7,6 +7,7 @@ from benchmarks import finetune_step
 from lightning_modules.finetune import SequenceClassificationModule
 from lightning_modules.precision import native_bf16
 from models.cpu_dropout import CPUDropout, use_cpu_dropout
+from tests import fixtures
 
 
 def test_line_fit_recovers_a_line_and_scores_the_scatter():
@@ -100,3 +101,12 @@ def test_kernels_built_counts_the_first_passs_kernels_and_none_again(tiny_bert_d
     built, distinct = finetune_step.kernels_built(step, [batch])
     assert built >= distinct > 0  # forward and backward products of this batch's shapes
     assert finetune_step.kernels_built(step, [batch]) == (0, 0)  # the same shapes again: all from oneDNN's cache
+
+
+def test_the_script_runs_end_to_end_on_glue_yamls_data_settings(tmp_path, capsys):
+    fixtures.write_glue(tmp_path, n_train=80)  # three batches of 32, 32 and 16
+    finetune_step.main(["--data_dir", str(tmp_path), "--start", "0", "--steps", "2", "--repeats", "1",
+                        "--tiny_steps", "1", "--variants", "fused_qkv"])
+    out = capsys.readouterr().out
+    assert "SST-2 batches 0..2 (batch 32" in out and "a 1 x 4 batch:" in out
+    assert "| litbert | the shipped step |" in out and "| fused_qkv | tried, not kept |" in out
