@@ -51,7 +51,7 @@ from benchmarks.harness import REPO, device_peak_flops, machine_line  # noqa: E4
 from callbacks.cpu_kernel_cache import CAPACITY, CAPACITY_VARIABLE  # noqa: E402
 from callbacks.cpu_malloc import keep_freed_memory  # noqa: E402
 from lightning_modules import finetune  # noqa: E402
-from lightning_modules.optim import adamw_implementation, weight_decay_groups  # noqa: E402
+from lightning_modules.optim import configure_adamw_with_warmup  # noqa: E402
 from lightning_modules.precision import native_bf16  # noqa: E402
 from models.attention_hooks import encoder_layers  # noqa: E402
 from models.cpu_dropout import ATTENTION, CPUDropout, use_cpu_dropout  # noqa: E402
@@ -62,15 +62,16 @@ MODEL_ARGS, DATA_ARGS = recipe(str(REPO / "configs/finetune/glue.yaml"))  # the 
 
 class Step:
     """litbert's fine-tuning step without Lightning: `module.classify` (under bf16 autocast when `autocast`), the
-    backward pass, and torch's fused AdamW over the module's two weight-decay groups (a constant learning rate: the
-    schedule's cost is nil). A variant may set `after_backward` / `after_optimizer` (callables) and `autocast`."""
+    backward pass, and the module's own optimiser (`lightning_modules.optim`: fused AdamW over two weight-decay groups;
+    its schedule is not stepped, so the learning rate stays at the peak: the schedule's cost is nil). A variant may set
+    `after_backward` / `after_optimizer` (callables) and `autocast`."""
 
     def __init__(self, module: finetune.SequenceClassificationModule, autocast: bool):
         self.module, self.model, self.autocast = module, module.model.train(), autocast
         hp = module.hparams
-        groups = weight_decay_groups(self.model, hp.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                                           **adamw_implementation(groups))
+        self.optimizer = configure_adamw_with_warmup(module, self.model, lr=hp.lr, weight_decay=hp.weight_decay,
+                                                     betas=hp.betas, eps=hp.eps, warmup_steps=0,
+                                                     total_steps=1 << 30)["optimizer"]
         self.after_backward = self.after_optimizer = None
         self.compiled_call = None  # the `compiled` variant's compiled forward, made once
 
