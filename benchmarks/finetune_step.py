@@ -1,8 +1,8 @@
 """Benchmark: litbert's GLUE fine-tuning step taken apart, outside Lightning, in one process (CPU).
 
 The step of `configs/finetune/glue.yaml` (SST-2, the packaged MiniLM-L6, batch 32, length-grouped batches, bf16
-autocast where the CPU multiplies bf16 natively, litbert's CPU dropout, the last layer at the first token, fused
-AdamW, the malloc setting and oneDNN kernel cache) is rebuilt from the same pieces (`GLUEDataModule`'s batches
+autocast where the CPU multiplies bf16 natively, litbert's CPU dropout, the last layer at the first token, the kept
+word-embedding gradient, fused AdamW, the malloc setting and oneDNN kernel cache) is rebuilt from the same pieces (`GLUEDataModule`'s batches
 `--start` to `--start + --steps`, `SequenceClassificationModule.classify`, `lightning_modules.optim`) and timed
 three ways:
 
@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.finetune_glue import litbert_train_data, recipe  # noqa: E402
 from benchmarks.harness import REPO, device_peak_flops, machine_line  # noqa: E402
+from callbacks.cpu_embedding_grad import TouchedRowsGrad  # noqa: E402
 from callbacks.cpu_kernel_cache import CAPACITY, CAPACITY_VARIABLE  # noqa: E402
 from callbacks.cpu_malloc import keep_freed_memory  # noqa: E402
 from lightning_modules import finetune  # noqa: E402
@@ -62,7 +63,8 @@ MODEL_ARGS, DATA_ARGS = recipe(str(REPO / "configs/finetune/glue.yaml"))  # the 
 
 class Step:
     """litbert's fine-tuning step without Lightning: `module.classify` (under bf16 autocast when `autocast`), the
-    backward pass, and the module's own optimiser (`lightning_modules.optim`: fused AdamW over two weight-decay groups;
+    backward pass into the kept word-embedding gradient (`rows`, callbacks/cpu_embedding_grad.py), and the module's
+    own optimiser (`lightning_modules.optim`: fused AdamW over two weight-decay groups;
     its schedule is not stepped, so the learning rate stays at the peak: the schedule's cost is nil). A variant may set
     `after_backward` / `after_optimizer` (callables) and `autocast`."""
 
@@ -72,6 +74,7 @@ class Step:
         self.optimizer = configure_adamw_with_warmup(module, self.model, lr=hp.lr, weight_decay=hp.weight_decay,
                                                      betas=hp.betas, eps=hp.eps, warmup_steps=0,
                                                      total_steps=1 << 30)["optimizer"]
+        self.rows = TouchedRowsGrad(self.model.get_input_embeddings())
         self.after_backward = self.after_optimizer = None
         self.compiled_call = None  # the `compiled` variant's compiled forward, made once
 
@@ -82,6 +85,8 @@ class Step:
     def backward(self, batch: dict) -> torch.Tensor:
         """The loss, with the model parameters' gradients in `.grad` (fp32, where the optimiser reads them)."""
         loss = self.loss(batch)
+        if self.rows is not None:
+            self.rows.attach()
         loss.backward()
         if self.after_backward is not None:
             self.after_backward()
@@ -138,6 +143,17 @@ def torch_dropout(step: Step):
         for module, name, child in swapped:
             setattr(module, name, child)
         step.model.set_attn_implementation(ATTENTION)
+
+
+@contextlib.contextmanager
+def dense_embedding_grad(step: Step):
+    """torch's own embedding backward: a fresh, zero-filled vocabulary x hidden gradient every step."""
+    step.rows.remove()
+    step.rows = None
+    try:
+        yield
+    finally:
+        step.rows = TouchedRowsGrad(step.model.get_input_embeddings())
 
 
 @contextlib.contextmanager
@@ -228,8 +244,9 @@ def cached_bf16_weights(step: Step):
 @contextlib.contextmanager
 def trainer_like(step: Step):
     """The step as the Hugging Face Trainer computes it at its best settings (bf16 autocast, fused AdamW): the last
-    layer at every position, torch's dropout, gradient clipping at 1.0 (its `max_grad_norm` default); not its loop."""
-    with full_last_layer(step), torch_dropout(step):
+    layer at every position, torch's dropout and embedding backward, gradient clipping at 1.0 (its `max_grad_norm`
+    default); not its loop."""
+    with full_last_layer(step), torch_dropout(step), dense_embedding_grad(step):
         step.after_backward = lambda: torch.nn.utils.clip_grad_norm_(step.model.parameters(), 1.0)
         try:
             yield
@@ -258,6 +275,7 @@ KEPT, TRIED, BOUND = "kept default, switched off", "tried, not kept", "upper bou
 REFERENCE = "the Trainer's computation, here"
 VARIANTS = {"trainer_like": (trainer_like, REFERENCE),
             "full_last_layer": (full_last_layer, KEPT), "torch_dropout": (torch_dropout, KEPT),
+            "dense_embedding_grad": (dense_embedding_grad, KEPT),
             "no_hidden_dropout": (no_hidden_dropout, BOUND), "fused_qkv": (fused_qkv, TRIED),
             "fp32_onednn_bf16": (fp32_onednn_bf16, TRIED), "cached_bf16_weights": (cached_bf16_weights, TRIED),
             "compiled": (compiled, TRIED)}

@@ -43,7 +43,7 @@ def gradients(step: finetune_step.Step, batch: dict) -> dict:
 
 # fp32 where the variant changes the arithmetic's order (in bf16 that moves the gradients by bf16 rounding)
 @pytest.mark.parametrize("name, autocast", [("full_last_layer", False), ("fused_qkv", False),
-                                            ("cached_bf16_weights", True)])
+                                            ("cached_bf16_weights", True), ("dense_embedding_grad", True)])
 def test_exact_variants_give_the_shipped_gradients_and_restore_the_step(tiny_bert_dir, name, autocast):
     step = make_step(tiny_bert_dir, autocast)
     batch = make_batch(step.model.config.vocab_size)
@@ -53,11 +53,14 @@ def test_exact_variants_give_the_shipped_gradients_and_restore_the_step(tiny_ber
     after = gradients(step, batch)
     assert during.keys() == before.keys() == after.keys() and len(before) == len(list(step.model.parameters()))
     for key in before:
-        # one product for q, k and v sums in another order than three; the moved casts are the same arithmetic
-        torch.testing.assert_close(during[key], before[key], rtol=0 if name == "cached_bf16_weights" else 1e-4,
-                                   atol=0 if name == "cached_bf16_weights" else 1e-6, msg=key)
+        # one product for q, k and v sums in another order than three; the moved casts and torch's embedding
+        # backward are the same arithmetic
+        bitwise = name in ("cached_bf16_weights", "dense_embedding_grad")
+        torch.testing.assert_close(during[key], before[key], rtol=0 if bitwise else 1e-4, atol=0 if bitwise else 1e-6,
+                                   msg=key)
         assert torch.equal(after[key], before[key]), key
     assert step.after_backward is None and step.after_optimizer is None and step.autocast is autocast
+    assert step.rows is not None and step.model.get_input_embeddings().sparse
 
 
 def test_cached_bf16_weights_take_the_same_optimiser_steps_as_autocast(tiny_bert_dir):
