@@ -2,9 +2,9 @@
 
 The step of `configs/finetune/glue.yaml` (SST-2, the packaged MiniLM-L6, batch 32, length-grouped batches, bf16
 autocast where the CPU multiplies bf16 natively, litbert's CPU dropout, the last layer at the first token, the kept
-word-embedding gradient, fused AdamW, the malloc setting and oneDNN kernel cache) is rebuilt from the same pieces (`GLUEDataModule`'s batches
-`--start` to `--start + --steps`, `SequenceClassificationModule.classify`, `lightning_modules.optim`) and timed
-three ways:
+word-embedding gradient, fused AdamW, the malloc setting and oneDNN kernel cache) is rebuilt from the same pieces
+(`GLUEDataModule`'s batches `--start` to `--start + --steps`, `SequenceClassificationModule.classify`,
+`lightning_modules.optim`) and timed three ways:
 
 1. cold and warm: the first pass over the batches in a fresh process against the next (ms a step, minor page faults
    a step): oneDNN builds a kernel for each new product shape, and the heap grows under the malloc setting; and with
