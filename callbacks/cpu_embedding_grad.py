@@ -9,7 +9,9 @@ hands autograd the used rows only), autograd adds those rows in place into a den
 step to the next, and before the next backward only the rows used since the last clearing are set back to zero. The
 optimiser still reads a dense gradient equal bit for bit to torch's (tests/callbacks/test_cpu_embedding_grad.py), so
 the update is the same. Measured on the 2-core CPU (`benchmarks/finetune_step.py`, README "Speed"): MiniLM-L6
-fine-tuning on SST-2, a few ms of a ~110 ms step.
+fine-tuning on SST-2 4.3% faster a step (101.3 against 105.6 ms, four alternated rounds). The price: the gradient
+stays allocated through the forward pass too (47 MB for MiniLM-L6; peak RSS 1,770 MB in that run, 1,721 MB in the one
+before it without).
 
 Why by hand: torch's sparse embedding gradient is meant for optimisers that take sparse gradients (`SparseAdam`, a
 different algorithm); AdamW needs the dense one, and nothing in torch or Lightning keeps a dense gradient between
