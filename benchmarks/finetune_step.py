@@ -256,9 +256,9 @@ def trainer_like(step: Step):
 
 @contextlib.contextmanager
 def compiled(step: Step):
-    """`torch.compile(dynamic=True)` of the model (torch's dropout: inductor draws its own; the last-layer trim is off
-    for a compiled model). Its first pass compiles (minutes on 2 cores)."""
-    with torch_dropout(step):
+    """`torch.compile(dynamic=True)` of the model (torch's dropout: inductor draws its own; the last-layer trim and the
+    kept embedding gradient are off for a compiled model). Its first pass compiles (minutes on 2 cores)."""
+    with torch_dropout(step), dense_embedding_grad(step):
         if step.compiled_call is None:
             step.model.compile(dynamic=True)
             step.compiled_call = step.model._compiled_call_impl

@@ -3,15 +3,14 @@ are added and cleared, instead of a fresh vocabulary-sized matrix each step.
 
 A batch of 32 SST-2 sentences uses a few hundred of MiniLM-L6's 30,522 vocabulary rows, yet torch's embedding backward
 allocates the whole vocabulary x hidden gradient (47 MB), fills it with zeros and adds those rows into it, and the
-optimiser's `zero_grad` frees it again: every step writes 47 MB that are all zeros but a few hundred rows, and the
-next step's allocations land on freshly written memory. Here the input embedding runs with `sparse=True` (its backward
-hands autograd the used rows only), autograd adds those rows in place into a dense buffer that stays attached from one
-step to the next, and before the next backward only the rows used since the last clearing are set back to zero. The
-optimiser still reads a dense gradient equal bit for bit to torch's (tests/callbacks/test_cpu_embedding_grad.py), so
-the update is the same. Measured on the 2-core CPU (`benchmarks/finetune_step.py`, README "Speed"): MiniLM-L6
-fine-tuning on SST-2 4.3% faster a step (101.3 against 105.6 ms, four alternated rounds). The price: the gradient
-stays allocated through the forward pass too (47 MB for MiniLM-L6; peak RSS 1,770 MB in that run, 1,721 MB in the one
-before it without).
+optimiser's `zero_grad` frees it again: every step writes 47 MB that are all zeros but a few hundred rows. Here the
+input embedding runs with `sparse=True` (its backward hands autograd the used rows only), autograd adds those rows in
+place into a dense buffer that stays attached from one step to the next, and before the next backward only the rows
+used since the last clearing are set back to zero. The optimiser still reads a dense gradient equal bit for bit to
+torch's (tests/callbacks/test_cpu_embedding_grad.py), so the update is the same. Measured on the 2-core CPU
+(`benchmarks/finetune_step.py`, README "Speed"): MiniLM-L6 fine-tuning on SST-2, torch's dense backward instead took
+4.3% longer a step (105.6 against 101.3 ms, four alternated rounds). The price: the gradient stays allocated through
+the forward pass too (47 MB for MiniLM-L6; peak RSS 1,770 MB in that run, 1,721 MB in the one before it without).
 
 Why by hand: torch's sparse embedding gradient is meant for optimisers that take sparse gradients (`SparseAdam`, a
 different algorithm); AdamW needs the dense one, and nothing in torch or Lightning keeps a dense gradient between
