@@ -22,8 +22,8 @@ automatic optimiser would silently replace. With `--ckpt_path FILE`, the model a
 fill in what the command line and the config files leave unset: what they set wins (e.g. predict's output_dir).
 Every run gets the callbacks of `callbacks.add_default_callbacks` (TensorBoard's hp_metric = the final main score,
 validation at a mid-epoch max_steps, the final metrics table, and on a CPU the faster dropout mask, glibc's malloc
-keeping freed memory, oneDNN keeping the kernels of every product shape and the input embedding's gradient kept
-between steps), each unless the config lists one of its class.
+keeping freed memory, oneDNN keeping the kernels of every product shape, the input embedding's gradient kept
+between steps and denormal floats flushed to zero), each unless the config lists one of its class.
 
 Checkpoints: a ModelCheckpoint without `dirpath` saves to `<trainer.default_root_dir>/checkpoints` (not to the
 logger's versioned folder), so `--ckpt_path last` finds the `last.ckpt` of the previous run with the same
