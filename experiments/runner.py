@@ -188,9 +188,9 @@ def run_config(run: Run, options: dict, run_dir: Path, data_dir: str | None) -> 
     trainer["default_root_dir"] = str(run_dir)
     trainer["enable_checkpointing"] = False
     trainer.update(enable_progress_bar=False, enable_model_summary=False)  # the ProgressLog lines are the log
-    # The committed records were measured in fp32 on a CPU with torch's own dropout: keep that arithmetic on every CPU
-    # (train.py would pick bf16-mixed on one with native bf16, and the faster dropout mask), so a table never mixes
-    # them; a GPU keeps train.py's default precision.
+    # The committed records were measured in fp32 on a CPU with torch's own dropout and the CPU's denormal arithmetic:
+    # keep that arithmetic on every CPU (train.py would pick bf16-mixed on one with native bf16, the faster dropout
+    # mask and denormals flushed to zero), so a table never mixes them; a GPU keeps train.py's default precision.
     if not torch.cuda.is_available():
         trainer.setdefault("precision", "32-true")
     trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -203,8 +203,9 @@ def run_config(run: Run, options: dict, run_dir: Path, data_dir: str | None) -> 
         if name == "HFExport":  # only `last`: the model at the end of training, no selection on the dev set
             callback.setdefault("init_args", {}).update(dirpath=str(run_dir / "export"), export_best=False)
         callbacks.append(callback)
-    if not any(c["class_path"].endswith("FastCPUDropout") for c in callbacks):
-        callbacks.append({"class_path": "callbacks.cpu_dropout.FastCPUDropout", "init_args": {"enabled": False}})
+    for class_path in ("callbacks.cpu_dropout.FastCPUDropout", "callbacks.cpu_denormals.FlushDenormals"):
+        if not any(c["class_path"].endswith(class_path.rsplit(".", 1)[-1]) for c in callbacks):
+            callbacks.append({"class_path": class_path, "init_args": {"enabled": False}})
     trainer["callbacks"] = callbacks
     config["seed_everything"] = run.seed
     if data_dir:

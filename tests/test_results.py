@@ -99,16 +99,19 @@ def test_run_config_applies_options_paths_and_seed(tmp_path):
 
 
 def test_run_config_keeps_the_records_fp32_on_a_cpu(tmp_path, monkeypatch):
-    """The committed records were measured in fp32 on a CPU with torch's dropout: a CPU with native bf16 (where
-    train.py defaults to bf16-mixed) still runs the results in fp32; a GPU keeps train.py's default; a run's own
-    option wins."""
+    """The committed records were measured in fp32 on a CPU with torch's dropout and the CPU's denormals: a CPU with
+    native bf16 (where train.py defaults to bf16-mixed) still runs the results in fp32; a GPU keeps train.py's default;
+    a run's own option wins."""
     import torch
 
     run = Run("r", "temperature", "fit", "configs/distill/glue.yaml", {}, seed=1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     trainer = run_config(run, {}, tmp_path / "r", data_dir=None)["trainer"]
     assert trainer["precision"] == "32-true"
-    # and torch's own dropout (train.py would add callbacks.cpu_dropout.FastCPUDropout, enabled)
+    # and torch's own dropout and denormal arithmetic (train.py would add callbacks.cpu_dropout.FastCPUDropout and
+    # callbacks.cpu_denormals.FlushDenormals, enabled)
+    assert {"class_path": "callbacks.cpu_denormals.FlushDenormals", "init_args": {"enabled": False}} \
+        in trainer["callbacks"]
     assert {"class_path": "callbacks.cpu_dropout.FastCPUDropout", "init_args": {"enabled": False}} \
         in trainer["callbacks"]
     assert run_config(run, {"trainer.precision": "bf16-mixed"}, tmp_path / "r",
