@@ -22,14 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.finetune_step import DATA_ARGS, MODEL_ARGS, Step, window  # noqa: E402
+from benchmarks.finetune_step import Step, shipped_step  # noqa: E402
 from benchmarks.harness import machine_line  # noqa: E402
 from callbacks.cpu_denormals import set_flush_denormal_all_threads  # noqa: E402
-from callbacks.cpu_kernel_cache import CAPACITY, CAPACITY_VARIABLE  # noqa: E402
-from callbacks.cpu_malloc import keep_freed_memory  # noqa: E402
-from lightning_modules import finetune  # noqa: E402
-from lightning_modules.precision import native_bf16  # noqa: E402
-from models.cpu_dropout import use_cpu_dropout  # noqa: E402
 
 TINY = torch.finfo(torch.float32).tiny  # the smallest normal fp32 (and bf16)
 
@@ -72,13 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calls", type=int, default=10, help="optimiser steps timed in each round and mode")
     args = p.parse_args(argv)
 
-    os.environ[CAPACITY_VARIABLE] = str(CAPACITY)  # litbert's process settings (callbacks/cpu_*.py)
-    keep_freed_memory()
-    torch.manual_seed(42)
-    batches = window(args.data_dir, 0, args.steps + 1)
-    module = finetune.SequenceClassificationModule(task_name=DATA_ARGS["task_name"], num_labels=2, **MODEL_ARGS)
-    use_cpu_dropout(module.model)
-    step = Step(module, autocast=native_bf16("cpu"))
+    step, batches = shipped_step(args.data_dir, 0, args.steps + 1)
     set_flush_denormal_all_threads(False)
     print(machine_line({}).split(";")[0])
     print(f"SST-2 batches 0..{args.steps} (batch 32), packaged MiniLM-L6, "

@@ -338,6 +338,18 @@ def window(data_dir: str, start: int, steps: int) -> list[dict]:
         return list(itertools.islice(data.train_dataloader(), start, start + steps))
 
 
+def shipped_step(data_dir: str, start: int, steps: int, kernel_cache: int = CAPACITY) -> tuple[Step, list[dict]]:
+    """glue.yaml's step in this process with litbert's CPU process settings (the malloc setting, oneDNN's kernel cache
+    `kernel_cache`, its CPU dropout), and the training batches `start` .. `start + steps`."""
+    os.environ[CAPACITY_VARIABLE] = str(kernel_cache)  # read by oneDNN at its first kernel, below
+    keep_freed_memory()  # as callbacks/cpu_malloc.ReuseFreedMemory does in every CPU fit
+    torch.manual_seed(42)
+    batches = window(data_dir, start, steps)
+    module = finetune.SequenceClassificationModule(task_name=DATA_ARGS["task_name"], num_labels=2, **MODEL_ARGS)
+    use_cpu_dropout(module.model)
+    return Step(module, autocast=native_bf16("cpu")), batches
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="the data folder ($DATA_DIR)")
@@ -352,13 +364,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="oneDNN's kernel-cache capacity (callbacks/cpu_kernel_cache.py; 1024: oneDNN's default)")
     args = p.parse_args(argv)
 
-    os.environ[CAPACITY_VARIABLE] = str(args.kernel_cache)  # read by oneDNN at its first kernel, below
-    keep_freed_memory()  # as callbacks/cpu_malloc.ReuseFreedMemory does in every CPU fit
-    torch.manual_seed(42)
-    batches = window(args.data_dir, args.start, args.steps)
-    module = finetune.SequenceClassificationModule(task_name=DATA_ARGS["task_name"], num_labels=2, **MODEL_ARGS)
-    use_cpu_dropout(module.model)
-    step = Step(module, autocast=native_bf16("cpu"))
+    step, batches = shipped_step(args.data_dir, args.start, args.steps, args.kernel_cache)
     dtype = "bf16" if step.autocast else "fp32"
     print(machine_line(device_peak_flops("cpu", [dtype])))
     lengths = [int(b["input_ids"].shape[1]) for b in batches]
