@@ -39,14 +39,15 @@ OPENMP_LIBRARIES = ("libgomp", "libiomp5", "libomp")  # runtimes that export GOM
 
 
 def openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime loaded into this process (torch's), from /proc/self/maps; None if there is none or the
-    platform has no such file."""
+    """The OpenMP runtime loaded into this process, from /proc/self/maps (torch's own first, should another package
+    have loaded a second); None if there is none or the platform has no such file."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if ".so" in line}
     except OSError:
         return None
-    for path in sorted(paths):
+    torch_dir = os.path.dirname(torch.__file__)
+    for path in sorted(paths, key=lambda path: (not path.startswith(torch_dir), path)):
         if os.path.basename(path).startswith(OPENMP_LIBRARIES):
             library = ctypes.CDLL(path)
             if hasattr(library, "GOMP_parallel"):
