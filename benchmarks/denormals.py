@@ -61,13 +61,17 @@ def optimiser_ms(step: Step, snapshot: dict, flush: bool, calls: int) -> tuple[f
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="the data folder ($DATA_DIR)")
-    p.add_argument("--steps", type=int, default=1600, help="training steps from the first batch, denormals kept")
+    p.add_argument("--steps", type=int, default=1600,
+                   help="training steps from the first batch, denormals kept (within the first epoch)")
     p.add_argument("--every", type=int, default=100, help="steps between the printed lines")
     p.add_argument("--repeats", type=int, default=5, help="alternated rounds of the optimiser-step timing")
     p.add_argument("--calls", type=int, default=10, help="optimiser steps timed in each round and mode")
     args = p.parse_args(argv)
 
     step, batches = shipped_step(args.data_dir, 0, args.steps + 1)
+    if len(batches) <= args.steps:
+        sys.exit(f"denormals.py: --steps {args.steps} needs {args.steps + 1} batches of the first epoch; it has "
+                 f"{len(batches)} (--steps {len(batches) - 1} at most)")
     set_flush_denormal_all_threads(False)
     print(machine_line({}).split(";")[0])
     print(f"SST-2 batches 0..{args.steps} (batch 32), packaged MiniLM-L6, "

@@ -1,5 +1,6 @@
 """benchmarks/denormals.py: it counts the denormal moments of an optimiser's state and runs end to end on fixture data
 (the packaged MiniLM-L6 through glue.yaml's step), timing both modes and comparing their parameters."""
+import pytest
 import torch
 
 from benchmarks import denormals
@@ -24,3 +25,9 @@ def test_the_script_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step     2: denormal moments 0.00% (first), 0.00% (second)" in out
     assert "denormals flushed" in out and "the parameters after the step the same bit for bit" in out
+
+
+def test_more_steps_than_the_first_epoch_has_are_refused_in_one_line(tmp_path):
+    fixtures.write_glue(tmp_path, n_train=80)  # three batches
+    with pytest.raises(SystemExit, match=r"--steps 3 needs 4 batches of the first epoch; it has 3 \(--steps 2 at most\)"):
+        denormals.main(["--data_dir", str(tmp_path), "--steps", "3"])
