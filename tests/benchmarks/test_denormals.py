@@ -29,5 +29,6 @@ def test_the_script_runs_end_to_end(tmp_path, capsys):
 
 def test_more_steps_than_the_first_epoch_has_are_refused_in_one_line(tmp_path):
     fixtures.write_glue(tmp_path, n_train=80)  # three batches
-    with pytest.raises(SystemExit, match=r"--steps 3 needs 4 batches of the first epoch; it has 3 \(--steps 2 at most\)"):
+    refusal = r"--steps 3 needs 4 batches of the first epoch; it has 3 \(--steps 2 at most\)"
+    with pytest.raises(SystemExit, match=refusal):
         denormals.main(["--data_dir", str(tmp_path), "--steps", "3"])
