@@ -1,7 +1,8 @@
 """Benchmark: denormal floats in AdamW's moments during fine-tuning, and what flushing them to zero saves (CPU).
 
 The fine-tuning step of `configs/finetune/glue.yaml` (rebuilt as `benchmarks/finetune_step.py` does: SST-2's batches
-in glue.yaml's order, the packaged MiniLM-L6, bf16 autocast where native, fused AdamW) trains `--steps` steps with
+in glue.yaml's order, epoch after epoch up to its `max_epochs`, the packaged MiniLM-L6, bf16 autocast where native,
+fused AdamW) trains `--steps` steps with
 denormals computed as the CPU computes them, printing every `--every` steps the share of the optimiser's moments that
 are denormal and the time of the optimiser step. Then, from the state the run reached (its moments and one more
 batch's gradients, restored before every timing), the optimiser step is timed with denormals kept and with them
@@ -9,6 +10,7 @@ flushed to zero in every thread (`callbacks/cpu_denormals.py`), alternated `--re
 two produce are compared bit for bit.
 
     DATA_DIR=../shared/data python benchmarks/denormals.py --steps 1600
+    DATA_DIR=../shared/data python benchmarks/denormals.py --steps 6300 --every 300  # the three epochs
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.finetune_glue import REPO  # noqa: E402
 from benchmarks.finetune_step import Step, shipped_step  # noqa: E402
 from benchmarks.harness import machine_line  # noqa: E402
 from callbacks.cpu_denormals import set_flush_denormal_all_threads  # noqa: E402
@@ -62,19 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.environ.get("DATA_DIR", "data"), help="the data folder ($DATA_DIR)")
     p.add_argument("--steps", type=int, default=1600,
-                   help="training steps from the first batch, denormals kept (within the first epoch)")
+                   help="training steps from the first batch, denormals kept (within glue.yaml's max_epochs)")
     p.add_argument("--every", type=int, default=100, help="steps between the printed lines")
     p.add_argument("--repeats", type=int, default=5, help="alternated rounds of the optimiser-step timing")
     p.add_argument("--calls", type=int, default=10, help="optimiser steps timed in each round and mode")
     args = p.parse_args(argv)
 
-    step, batches = shipped_step(args.data_dir, 0, args.steps + 1)
+    epochs = int(yaml.safe_load((REPO / "configs/finetune/glue.yaml").read_text())["trainer"]["max_epochs"])
+    step, batches = shipped_step(args.data_dir, 0, args.steps + 1, epochs=epochs)
     if len(batches) <= args.steps:
-        sys.exit(f"denormals.py: --steps {args.steps} needs {args.steps + 1} batches of the first epoch; it has "
-                 f"{len(batches)} (--steps {len(batches) - 1} at most)")
+        sys.exit(f"denormals.py: --steps {args.steps} needs {args.steps + 1} batches of glue.yaml's {epochs} "
+                 f"epoch(s); they have {len(batches)} (--steps {len(batches) - 1} at most)")
     set_flush_denormal_all_threads(False)
     print(machine_line({}).split(";")[0])
-    print(f"SST-2 batches 0..{args.steps} (batch 32), packaged MiniLM-L6, "
+    print(f"SST-2 batches 0..{args.steps} (batch 32, {epochs} epoch(s) at most), packaged MiniLM-L6, "
           f"{'bf16' if step.autocast else 'fp32'}, fused AdamW (betas {tuple(step.optimizer.defaults['betas'])}), "
           f"denormals kept while training", flush=True)
     optimiser, whole = [], []

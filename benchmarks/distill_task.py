@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import (REPO, Method, compare, device_peak_flops, lightning_precision,  # noqa: E402
-                                machine_line, print_table, reference_precision, run_dtype,
+                                machine_line, print_table, print_whole_runs, reference_precision, run_dtype,
                                 with_litbert_malloc)
 
 CONFIG = "configs/distill/glue.yaml"
@@ -139,20 +139,6 @@ def methods(args, teacher: Path, work: Path, cache_dir: Path, dtype: str) -> lis
     return [loop, with_litbert_malloc(loop),
             litbert("litbert, teacher per step", "--model.init_args.cache_teacher_logits=false"),
             litbert("litbert, cached teacher logits")]
-
-
-def print_whole_runs(measured, epochs: int, examples: int, tokens_per_example: float, flops_per_sample: float,
-                     peak: dict[str, float], baseline: str) -> None:
-    """The `epochs`-epoch run of each method, start-up and caching included (start-up + epochs x per-epoch time:
-    the long runs' wall time for one repeat)."""
-    totals = {m.name: m.startup_s + epochs * m.step_s for m in measured}
-    print(f"\nWhole {epochs}-epoch runs, start-up included:\n")
-    print(f"| method | precision | wall | samples/s | tokens/s | MFU | speed vs {baseline} |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for m in measured:
-        samples = examples * epochs / totals[m.name]
-        print(f"| {m.name} | {m.dtype} | {totals[m.name]:.1f} s | {samples:.1f} | {samples * tokens_per_example:,.0f} "
-              f"| {100 * samples * flops_per_sample / peak[m.dtype]:.1f}% | {totals[baseline] / totals[m.name]:.2f}x |")
 
 
 def main():

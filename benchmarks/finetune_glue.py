@@ -24,9 +24,15 @@ Columns: tokens/s counts non-padding tokens (the mean length of SST-2 train unde
 numerator is the useful work, 3 x the whole model's forward FLOPs on each example at its own length
 (`models.flops.mean_example_flops`), the same for every method: padding is waste, and litbert's last layer at the
 first token only (less arithmetic for the same result) shows as speed. The runs stay inside the first epoch (no
-validation in the timed steps).
+validation in the timed steps), unless `--epochs E` asks for whole runs: then the short run is `--short_epochs` epochs
+and the long one E epochs (glue.yaml's 3: what a user runs), their per-step time the difference as above, and a second
+table gives each whole E-epoch run, start-up included; litbert's runs then validate and save a checkpoint at each
+epoch end as the config says (the Trainer's reference evaluates and saves nothing: that time counts against litbert).
+Later epochs are not the first one again: AdamW's moments of rarely used embedding rows decay to denormal floats
+(benchmarks/denormals.py), which litbert flushes to zero (callbacks/cpu_denormals.py) and the Trainer computes on.
 
     DATA_DIR=/path/to/data python benchmarks/finetune_glue.py --short 5 --long 25 --repeats 1
+    DATA_DIR=/path/to/data python benchmarks/finetune_glue.py --epochs 3 --methods hf_trainer_best litbert
 (the Trainer needs `accelerate`: pip install 'accelerate>=1.1'.)
 """
 from __future__ import annotations
@@ -37,6 +43,7 @@ import math
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,18 +53,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import (REPO, Method, add_run_options, child_env, compare, device_peak_flops,  # noqa: E402
                                 lightning_precision, lightning_steps_done, machine_line, print_table,
-                                reference_precision, reported_steps_done, run_dtype, with_litbert_malloc)
+                                print_whole_runs, reference_precision, reported_steps_done, run_dtype,
+                                with_litbert_malloc)
 
 HF_METHODS = ("hf_trainer_defaults", "hf_trainer_best", "hf_trainer_best_malloc")
 METHODS = (*HF_METHODS, "litbert")
 
 
-def parse_args():
+def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_options(p, short=5, long=25, data_help="holds glue/SST-2/train.tsv")
     p.add_argument("--config", default=str(REPO / "configs/finetune/glue.yaml"))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    return p.parse_args()
+    p.add_argument("--epochs", type=int, default=None,
+                   help="whole runs: the long run E epochs, the short one --short_epochs (instead of --short/--long)")
+    p.add_argument("--short_epochs", type=int, default=1, help="the short run's epochs, with --epochs")
+    return p.parse_args(argv)
 
 
 def recipe(config_path: str) -> tuple[dict, dict]:
@@ -104,8 +115,8 @@ def useful_flops_per_sample(pretrained: str, num_labels: int, lengths: list[int]
     return mean_example_flops(model, lengths)
 
 
-def main():
-    args = parse_args()
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
     from datamodules.base import row_lengths
     from datamodules.tasks import GLUE_TASKS, normalize_task_name
     from models.pretrained import resolve_model_path
@@ -130,9 +141,15 @@ def main():
         # the padded length of litbert's batches in its first epoch, in order (the sampler is a function of the seed)
         batch_lengths = [batch["input_ids"].shape[1] for batch in dm.train_dataloader()]
         steps_per_epoch = math.ceil(len(lengths) / batch_size)
-        if args.long >= steps_per_epoch:
+        if len(batch_lengths) != steps_per_epoch:  # both sides must mean the same by an epoch
+            sys.exit(f"litbert's epoch has {len(batch_lengths)} batches, the Trainer's {steps_per_epoch}")
+        if args.epochs is not None:
+            if not 0 < args.short_epochs < args.epochs:
+                sys.exit(f"--short_epochs {args.short_epochs} must be at least 1 and below --epochs {args.epochs}")
+            args.short, args.long = args.short_epochs * steps_per_epoch, args.epochs * steps_per_epoch
+        elif args.long >= steps_per_epoch:
             sys.exit(f"--long {args.long} reaches the end of the first epoch ({steps_per_epoch} steps), where "
-                     f"litbert validates: keep the runs inside it")
+                     f"litbert validates: keep the runs inside it (or ask for whole runs with --epochs)")
         flops_per_sample = useful_flops_per_sample(model_args["pretrained"], task.num_labels, lengths)
         dtype = run_dtype(args.device, args.fp32)  # litbert's and the Trainer's at its best
         peak = device_peak_flops(args.device, ["fp32", dtype])
@@ -166,13 +183,18 @@ def main():
         distinct = distinct_lengths_by_step(batch_lengths, (10, args.short, args.long, 300, 700))
         print("distinct batch lengths of litbert's first epoch, by step: "
               + ", ".join(f"{step}: {count}" for step, count in sorted(distinct.items())), flush=True)
-        measured = compare(methods, args.short, args.long, repeats=args.repeats)
+        # Whole runs skip the warm-up run: litbert's tokenized cache is built above, and an untimed epoch each is long.
+        measured = compare(methods, args.short, args.long, repeats=args.repeats, warmup=args.epochs is None)
 
     tokens_per_sample = statistics.fmean(lengths)
     print(f"\ntokens/sample {tokens_per_sample:.1f} (non-padding, mean over the train set); useful FLOPs/sample "
           f"{flops_per_sample / 1e9:.3f} GFLOP (3 x the whole model's forward at each example's own length)\n")
-    print_table(measured, batch_size, tokens_per_sample, flops_per_sample, peak,
-                baseline=[m.name for m in measured if m.name in HF_METHODS])
+    baselines = [m.name for m in measured if m.name in HF_METHODS]
+    print_table(measured, batch_size, tokens_per_sample, flops_per_sample, peak, baseline=baselines)
+    if args.epochs is not None and baselines:
+        per_epoch = [replace(m, step_s=m.step_s * steps_per_epoch) for m in measured]
+        baseline = "hf_trainer_best" if "hf_trainer_best" in baselines else baselines[0]
+        print_whole_runs(per_epoch, args.epochs, len(lengths), tokens_per_sample, flops_per_sample, peak, baseline)
 
 
 if __name__ == "__main__":

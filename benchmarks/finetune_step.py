@@ -331,20 +331,29 @@ def tiny_batch(batch: dict, rows: int = 1, length: int = 4) -> dict:
     return {k: v[:rows, :length] if v.dim() == 2 else v[:rows] for k, v in batch.items()}
 
 
-def window(data_dir: str, start: int, steps: int) -> list[dict]:
-    """The training batches `start` .. `start + steps` of glue.yaml's first epoch, from its data settings."""
+def window(data_dir: str, start: int, steps: int, epochs: int = 1) -> list[dict]:
+    """The training batches `start` .. `start + steps` of glue.yaml's first `epochs` epochs in order (each epoch's
+    order from the sampler's `set_epoch`, as Lightning sets it), from its data settings."""
     with tempfile.TemporaryDirectory(prefix="finetune-step-") as cache_dir:
         data = litbert_train_data(DATA_ARGS, Path(data_dir), Path(cache_dir))
-        return list(itertools.islice(data.train_dataloader(), start, start + steps))
+        loader = data.train_dataloader()
+
+        def epoch(e: int):
+            loader.sampler.set_epoch(e)
+            yield from loader
+
+        batches = itertools.chain.from_iterable(epoch(e) for e in range(epochs))
+        return list(itertools.islice(batches, start, start + steps))
 
 
-def shipped_step(data_dir: str, start: int, steps: int, kernel_cache: int = CAPACITY) -> tuple[Step, list[dict]]:
+def shipped_step(data_dir: str, start: int, steps: int, kernel_cache: int = CAPACITY,
+                 epochs: int = 1) -> tuple[Step, list[dict]]:
     """glue.yaml's step in this process with litbert's CPU process settings (the malloc setting, oneDNN's kernel cache
-    `kernel_cache`, its CPU dropout), and the training batches `start` .. `start + steps`."""
+    `kernel_cache`, its CPU dropout), and the training batches `start` .. `start + steps` of the first `epochs`."""
     os.environ[CAPACITY_VARIABLE] = str(kernel_cache)  # read by oneDNN at its first kernel, below
     keep_freed_memory()  # as callbacks/cpu_malloc.ReuseFreedMemory does in every CPU fit
     torch.manual_seed(42)
-    batches = window(data_dir, start, steps)
+    batches = window(data_dir, start, steps, epochs)
     module = finetune.SequenceClassificationModule(task_name=DATA_ARGS["task_name"], num_labels=2, **MODEL_ARGS)
     use_cpu_dropout(module.model)
     return Step(module, autocast=native_bf16("cpu")), batches

@@ -288,6 +288,20 @@ def print_table(measured: list[Measured], samples_per_step: float, tokens_per_sa
               f"{100 * mfu:.1f}% | {m.cpu_step_s:.3f} | {m.peak_rss_mb / 1024:.2f} GB | {m.startup_s:.0f} s |{ratios}")
 
 
+def print_whole_runs(measured: list[Measured], epochs: int, examples: int, tokens_per_example: float,
+                     flops_per_sample: float, peak: dict[str, float], baseline: str) -> None:
+    """The `epochs`-epoch run of each method (`measured` per epoch: a "step" of one epoch of `examples`), start-up
+    and caching included (start-up + epochs x per-epoch time: the long runs' wall time for one repeat)."""
+    totals = {m.name: m.startup_s + epochs * m.step_s for m in measured}
+    print(f"\nWhole {epochs}-epoch runs, start-up included:\n")
+    print(f"| method | precision | wall | samples/s | tokens/s | MFU | speed vs {baseline} |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for m in measured:
+        samples = examples * epochs / totals[m.name]
+        print(f"| {m.name} | {m.dtype} | {totals[m.name]:.1f} s | {samples:.1f} | {samples * tokens_per_example:,.0f} "
+              f"| {100 * samples * flops_per_sample / peak[m.dtype]:.1f}% | {totals[baseline] / totals[m.name]:.2f}x |")
+
+
 def machine_line(peak_flops: dict[str, float], device: str = "cpu") -> str:
     """One line naming the machine: CPU model (or GPU), threads, torch version and the measured matmul peaks."""
     if device.startswith("cuda"):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from benchmarks import denormals
+from benchmarks import denormals, finetune_step
 from callbacks.cpu_denormals import set_flush_denormal_all_threads
 from tests import fixtures
 
@@ -27,8 +27,28 @@ def test_the_script_runs_end_to_end(tmp_path, capsys):
     assert "denormals flushed" in out and "the parameters after the step the same bit for bit" in out
 
 
-def test_more_steps_than_the_first_epoch_has_are_refused_in_one_line(tmp_path):
-    fixtures.write_glue(tmp_path, n_train=80)  # three batches
-    refusal = r"--steps 3 needs 4 batches of the first epoch; it has 3 \(--steps 2 at most\)"
+def test_the_steps_run_on_into_the_next_epochs(tmp_path, capsys):
+    fixtures.write_glue(tmp_path, n_train=80)  # three batches an epoch
+    try:
+        denormals.main(["--data_dir", str(tmp_path), "--steps", "4", "--every", "4", "--repeats", "1", "--calls", "1"])
+    finally:
+        set_flush_denormal_all_threads(False)
+    assert "step     4: denormal moments" in capsys.readouterr().out
+
+
+def test_the_second_epoch_is_another_order_of_the_same_rows(tmp_path):
+    fixtures.write_glue(tmp_path, n_train=200)  # seven batches an epoch
+    batches = finetune_step.window(str(tmp_path), 0, 14, epochs=2)
+
+    def rows(part):  # each example's token ids without padding, in the order trained
+        return [tuple(ids[:n]) for b in part for ids, n in zip(b["input_ids"].tolist(), b["attention_mask"].sum(1))]
+
+    first, second = rows(batches[:7]), rows(batches[7:])
+    assert len(first) == 200 and sorted(first) == sorted(second) and first != second
+
+
+def test_more_steps_than_the_epochs_have_are_refused_in_one_line(tmp_path):
+    fixtures.write_glue(tmp_path, n_train=80)  # three batches an epoch, glue.yaml's three epochs
+    refusal = r"--steps 9 needs 10 batches of glue.yaml's 3 epoch\(s\); they have 9 \(--steps 8 at most\)"
     with pytest.raises(SystemExit, match=refusal):
-        denormals.main(["--data_dir", str(tmp_path), "--steps", "3"])
+        denormals.main(["--data_dir", str(tmp_path), "--steps", "9"])

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from benchmarks.harness import (REPO, Measured, Method, compare, lightning_precision, lightning_steps_done,
-                                periodic_work_past, print_table, reference_precision, reported_steps_done, run_dtype,
-                                run_method, run_timed, with_litbert_malloc)
+                                periodic_work_past, print_table, print_whole_runs, reference_precision,
+                                reported_steps_done, run_dtype, run_method, run_timed, with_litbert_malloc)
 from callbacks.cpu_kernel_cache import CAPACITY, CAPACITY_VARIABLE
 from callbacks.cpu_malloc import glibc_tunables
 
@@ -102,6 +102,17 @@ def test_print_table_has_a_ratio_column_per_baseline_and_mfu_per_dtype(capsys):
     assert lines[2] == "| a | fp32 | 2.000 | 16.0 | 160 | 16.0% | 3.500 | 1.00 GB | 5 s | 1.00x | 0.50x |"
     # b's MFU is against the bf16 peak it computes in: 32 samples/s x 1 GFLOP / 400 GFLOP/s
     assert lines[3] == "| b | bf16 | 1.000 | 32.0 | 320 | 8.0% | 1.900 | 2.00 GB | 7 s | 2.00x | 1.00x |"
+
+
+def test_whole_runs_are_start_up_plus_the_epochs_against_one_baseline(capsys):
+    # per epoch: a 100 s with 10 s of start-up, b 40 s with 30 s of start-up; 3 epochs of 1,000 examples
+    measured = [Measured("a", 100.0, [100.0], 1024, 10), Measured("b", 40.0, [40.0], 1024, 30, dtype="bf16")]
+    print_whole_runs(measured, epochs=3, examples=1000, tokens_per_example=10, flops_per_sample=1e9,
+                     peak={"fp32": 1e11, "bf16": 1e12}, baseline="a")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "Whole 3-epoch runs, start-up included:"
+    assert lines[-2] == "| a | fp32 | 310.0 s | 9.7 | 97 | 9.7% | 1.00x |"  # 3,000 examples in 310 s
+    assert lines[-1] == "| b | bf16 | 150.0 s | 20.0 | 200 | 2.0% | 2.07x |"  # 310 / 150
 
 
 def test_run_dtype_is_bf16_only_where_native_and_not_forced_to_fp32(monkeypatch):
