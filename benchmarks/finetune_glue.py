@@ -177,9 +177,10 @@ def main(argv: list[str] | None = None):
                    Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
         methods = [m for m in methods if m.name in args.methods]
         print(machine_line(peak, args.device), flush=True)
+        warmup = "no warm-up run" if args.epochs else "after one untimed warm-up run each"
         print(f"GLUE {task.name} train ({len(lengths)} examples), {model_args['pretrained']}, batch {batch_size}, "
               f"max_seq_length {max_len}, {args.device}; runs of {args.short} and {args.long} steps, {args.repeats} "
-              f"repeat(s), after one untimed warm-up run each", flush=True)
+              f"repeat(s), {warmup}", flush=True)
         distinct = distinct_lengths_by_step(batch_lengths, (10, args.short, args.long, 300, 700))
         print("distinct batch lengths of litbert's first epoch, by step: "
               + ", ".join(f"{step}: {count}" for step, count in sorted(distinct.items())), flush=True)
