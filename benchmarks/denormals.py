@@ -2,12 +2,11 @@
 
 The fine-tuning step of `configs/finetune/glue.yaml` (rebuilt as `benchmarks/finetune_step.py` does: SST-2's batches
 in glue.yaml's order, epoch after epoch up to its `max_epochs`, the packaged MiniLM-L6, bf16 autocast where native,
-fused AdamW) trains `--steps` steps with
-denormals computed as the CPU computes them, printing every `--every` steps the share of the optimiser's moments that
-are denormal and the time of the optimiser step. Then, from the state the run reached (its moments and one more
-batch's gradients, restored before every timing), the optimiser step is timed with denormals kept and with them
-flushed to zero in every thread (`callbacks/cpu_denormals.py`), alternated `--repeats` rounds, and the parameters the
-two produce are compared bit for bit.
+fused AdamW) trains `--steps` steps with denormals computed as the CPU computes them, printing every `--every` steps
+the share of the optimiser's moments that are denormal and the time of the optimiser step. Then, from the state the
+run reached (its moments and one more batch's gradients, restored before every timing), the optimiser step is timed
+with denormals kept and with them flushed to zero in every thread (`callbacks/cpu_denormals.py`), alternated
+`--repeats` rounds, and the parameters the two produce are compared bit for bit.
 
     DATA_DIR=../shared/data python benchmarks/denormals.py --steps 1600
     DATA_DIR=../shared/data python benchmarks/denormals.py --steps 6300 --every 300  # the three epochs
@@ -25,9 +24,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.finetune_glue import REPO  # noqa: E402
 from benchmarks.finetune_step import Step, shipped_step  # noqa: E402
-from benchmarks.harness import machine_line  # noqa: E402
+from benchmarks.harness import REPO, machine_line  # noqa: E402
 from callbacks.cpu_denormals import set_flush_denormal_all_threads  # noqa: E402
 
 TINY = torch.finfo(torch.float32).tiny  # the smallest normal fp32 (and bf16)

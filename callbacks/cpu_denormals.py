@@ -8,11 +8,11 @@ so about 700 steps after its last use it turns denormal and stays so for about 1
 second moment, by beta2 = 0.98, after a few thousand steps). Fine-tuning MiniLM-L6 on SST-2 (glue.yaml), the first
 moments start to turn denormal at step ~700 and 1.40% of all moments are at step 1,600, where the fused AdamW step
 takes 17.2 ms with them and 15.6 ms with them flushed (`benchmarks/denormals.py`, five alternated rounds; a scratch
-check on moments that are all denormal: 8-13x slower); the share then stays at 1.4-1.6% through the three epochs
-(18.7 against 16.1 ms at step 6,300). With the flush-to-zero and denormals-are-zero modes on, those
-values are zeros: the moment of a row that is no longer used becomes zero a few hundred steps earlier than it would
-underflow anyway, and the parameters come out the same bit for bit (a denormal moment moves a weight by less than a
-thousand-millionth of its last bit; tests/callbacks/test_cpu_denormals.py).
+check on moments that are all denormal: 8-13x slower); the share then stays at 1.4-1.6% through the three epochs (18.7
+against 16.1 ms at step 6,300). With the flush-to-zero and denormals-are-zero modes on, those values are zeros: the
+moment of a row that is no longer used becomes zero a few hundred steps earlier than it would underflow anyway, and
+the parameters come out the same bit for bit (a denormal moment moves a weight by less than a thousand-millionth of
+its last bit; tests/callbacks/test_cpu_denormals.py).
 
 Why by hand: `torch.set_flush_denormal` sets the mode of the calling thread only, and the CPU's threads do not inherit
 it from a thread that changes it after they started; torch's OpenMP workers start with the first parallel operation,
