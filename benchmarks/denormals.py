@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.finetune_step import Step, shipped_step  # noqa: E402
-from benchmarks.harness import REPO, machine_line  # noqa: E402
+from benchmarks.finetune_step import EPOCHS, Step, shipped_step  # noqa: E402
+from benchmarks.harness import machine_line  # noqa: E402
 from callbacks.cpu_denormals import set_flush_denormal_all_threads  # noqa: E402
 
 TINY = torch.finfo(torch.float32).tiny  # the smallest normal fp32 (and bf16)
@@ -70,14 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calls", type=int, default=10, help="optimiser steps timed in each round and mode")
     args = p.parse_args(argv)
 
-    epochs = int(yaml.safe_load((REPO / "configs/finetune/glue.yaml").read_text())["trainer"]["max_epochs"])
-    step, batches = shipped_step(args.data_dir, 0, args.steps + 1, epochs=epochs)
+    step, batches = shipped_step(args.data_dir, 0, args.steps + 1, epochs=EPOCHS)
     if len(batches) <= args.steps:
-        sys.exit(f"denormals.py: --steps {args.steps} needs {args.steps + 1} batches of glue.yaml's {epochs} "
+        sys.exit(f"denormals.py: --steps {args.steps} needs {args.steps + 1} batches of glue.yaml's {EPOCHS} "
                  f"epoch(s); they have {len(batches)} (--steps {len(batches) - 1} at most)")
     set_flush_denormal_all_threads(False)
     print(machine_line({}).split(";")[0])
-    print(f"SST-2 batches 0..{args.steps} (batch 32, {epochs} epoch(s) at most), packaged MiniLM-L6, "
+    print(f"SST-2 batches 0..{args.steps} (batch 32, {EPOCHS} epoch(s) at most), packaged MiniLM-L6, "
           f"{'bf16' if step.autocast else 'fp32'}, fused AdamW (betas {tuple(step.optimizer.defaults['betas'])}), "
           f"denormals kept while training", flush=True)
     optimiser, whole = [], []

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,7 +59,9 @@ from models.attention_hooks import encoder_layers  # noqa: E402
 from models.cpu_dropout import ATTENTION, CPUDropout, use_cpu_dropout  # noqa: E402
 
 STAGES = ("forward", "backward", "step")
-MODEL_ARGS, DATA_ARGS = recipe(str(REPO / "configs/finetune/glue.yaml"))  # the step and data rebuilt here
+CONFIG = REPO / "configs/finetune/glue.yaml"
+MODEL_ARGS, DATA_ARGS = recipe(str(CONFIG))  # the step and data rebuilt here
+EPOCHS = int(yaml.safe_load(CONFIG.read_text())["trainer"]["max_epochs"])  # its run's length
 
 
 class Step:
@@ -349,7 +352,9 @@ def window(data_dir: str, start: int, steps: int, epochs: int = 1) -> list[dict]
 def shipped_step(data_dir: str, start: int, steps: int, kernel_cache: int = CAPACITY,
                  epochs: int = 1) -> tuple[Step, list[dict]]:
     """glue.yaml's step in this process with litbert's CPU process settings (the malloc setting, oneDNN's kernel cache
-    `kernel_cache`, its CPU dropout), and the training batches `start` .. `start + steps` of the first `epochs`."""
+    `kernel_cache`, its CPU dropout), and the training batches `start` .. `start + steps` of the first `epochs`.
+    Denormals are computed as the CPU computes them (`FlushDenormals` is a fit's callback; none turn up before step
+    ~700, benchmarks/denormals.py, which times both modes)."""
     os.environ[CAPACITY_VARIABLE] = str(kernel_cache)  # read by oneDNN at its first kernel, below
     keep_freed_memory()  # as callbacks/cpu_malloc.ReuseFreedMemory does in every CPU fit
     torch.manual_seed(42)
