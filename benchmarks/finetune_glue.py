@@ -14,7 +14,10 @@ per-step time from the difference, so start-up cancels):
 - `litbert`: `python train.py fit --config configs/finetune/glue.yaml --trainer.max_steps N
   --trainer.default_root_dir root`, the shipped config as it is (its batching, callbacks, logger, and what it does
   once at the end: validation, checkpoint, export), in a fresh directory, with DATA_DIR set; Lightning must report
-  that the run reached N optimiser steps.
+  that the run reached N optimiser steps. Its TorchCompile callback (callbacks/compile.py) is told `min_steps: 0`,
+  so that the short and the long run compile as a whole fit past the config's min_steps does (a run truncated by
+  --trainer.max_steps would stay eager);
+- `litbert_eager`: the same without TorchCompile (what a fit shorter than min_steps runs).
 Same hyper-parameters in all (read from the config: lr, weight decay, warmup ratio, Adam betas and epsilon, batch
 size, max_seq_length); the Trainer keeps its default max_grad_norm 1.0 (the config does not clip). litbert computes
 in train.py's default precision (bf16-mixed where the device multiplies bf16 natively: a GPU from Ampere on, a CPU
@@ -57,7 +60,8 @@ from benchmarks.harness import (REPO, Method, add_run_options, child_env, compar
                                 with_litbert_malloc)
 
 HF_METHODS = ("hf_trainer_defaults", "hf_trainer_best", "hf_trainer_best_malloc")
-METHODS = (*HF_METHODS, "litbert")
+METHODS = (*HF_METHODS, "litbert", "litbert_eager")
+COMPILE = "callbacks.compile.TorchCompile"
 
 
 def parse_args(argv: list[str] | None = None):
@@ -75,6 +79,23 @@ def recipe(config_path: str) -> tuple[dict, dict]:
     """The shipped config's model and data arguments (the reference gets the same hyper-parameters)."""
     config = yaml.safe_load(Path(config_path).read_text())
     return config["model"]["init_args"], config["data"]["init_args"]
+
+
+def config_compiled(config_path: str, out: Path, compiled: bool) -> Path:
+    """A copy of the config at `out` whose TorchCompile callback compiles every fit (`min_steps: 0`; `compiled`) or
+    is left out (the eager model)."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    kept = []
+    for callback in config.get("trainer", {}).get("callbacks") or []:
+        if isinstance(callback, dict) and callback.get("class_path") == COMPILE:
+            if not compiled:
+                continue
+            callback = {**callback, "init_args": {**(callback.get("init_args") or {}), "min_steps": 0}}
+        kept.append(callback)
+    if "callbacks" in config.get("trainer", {}):
+        config["trainer"]["callbacks"] = kept
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
 
 
 def litbert_train_data(data_args: dict, data_dir: Path, cache_dir: Path):
@@ -165,16 +186,19 @@ def main(argv: list[str] | None = None):
                 "--adam_beta2", str(beta2), "--adam_epsilon", str(model_args["eps"]),
                 "--train_sampling_strategy", strategy, "--device", args.device, *reference_precision(ref_dtype)]
 
-        def litbert_command(steps: int) -> list[str]:
+        def litbert_command(compiled: bool):
+            config = config_compiled(args.config, Path(cache) / f"glue-compiled-{compiled}.yaml", compiled)
             # Only what a run in a fresh directory needs (the config names the data under DATA_DIR).
-            return [sys.executable, str(REPO / "train.py"), "fit", "--config", str(Path(args.config).resolve()),
-                    "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root",
-                    *lightning_precision(dtype)]
+            return lambda steps: [sys.executable, str(REPO / "train.py"), "fit", "--config", str(config),
+                                  "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "root",
+                                  *lightning_precision(dtype)]
 
         best = Method("hf_trainer_best", hf_command("group_by_length", dtype), env, reported_steps_done, dtype)
         methods = [Method("hf_trainer_defaults", hf_command("random", "fp32"), env, reported_steps_done), best,
                    with_litbert_malloc(best),
-                   Method("litbert", litbert_command, {**env, "DATA_DIR": str(data_dir)}, lightning_steps_done, dtype)]
+                   *(Method(name, litbert_command(compiled), {**env, "DATA_DIR": str(data_dir)},
+                            lightning_steps_done, dtype) for name, compiled in (("litbert", True),
+                                                                                ("litbert_eager", False)))]
         methods = [m for m in methods if m.name in args.methods]
         print(machine_line(peak, args.device), flush=True)
         warmup = "no warm-up run" if args.epochs else "after one untimed warm-up run each"

@@ -259,9 +259,10 @@ def trainer_like(step: Step):
 
 @contextlib.contextmanager
 def compiled(step: Step):
-    """`torch.compile(dynamic=True)` of the model (torch's dropout: inductor draws its own; the last-layer trim and the
-    kept embedding gradient are off for a compiled model). Its first pass compiles (minutes on 2 cores)."""
-    with torch_dropout(step), dense_embedding_grad(step):
+    """`torch.compile(dynamic=True)` of the model as callbacks/compile.TorchCompile compiles it for a long fit: the
+    last layer at the first token and the CPU dropout kept, torch's dense embedding backward (the kept embedding
+    gradient leaves a compiled model alone). Its first pass compiles (a minute on 2 cores)."""
+    with dense_embedding_grad(step):
         if step.compiled_call is None:
             step.model.compile(dynamic=True)
             step.compiled_call = step.model._compiled_call_impl
@@ -275,13 +276,14 @@ def compiled(step: Step):
 # name: (context manager, kind). Kinds: the gain of a kept default (switched off here), a lever tried and not kept,
 # an upper bound that is not a recipe, the reference's computation.
 KEPT, TRIED, BOUND = "kept default, switched off", "tried, not kept", "upper bound, not a recipe"
+LONG_FITS = "glue.yaml's default for fits of min_steps or more"  # callbacks/compile.py
 REFERENCE = "the Trainer's computation, here"
 VARIANTS = {"trainer_like": (trainer_like, REFERENCE),
             "full_last_layer": (full_last_layer, KEPT), "torch_dropout": (torch_dropout, KEPT),
             "dense_embedding_grad": (dense_embedding_grad, KEPT),
             "no_hidden_dropout": (no_hidden_dropout, BOUND), "fused_qkv": (fused_qkv, TRIED),
             "fp32_onednn_bf16": (fp32_onednn_bf16, TRIED), "cached_bf16_weights": (cached_bf16_weights, TRIED),
-            "compiled": (compiled, TRIED)}
+            "compiled": (compiled, LONG_FITS)}
 BF16_ONLY = ("fp32_onednn_bf16", "cached_bf16_weights")  # variants of the bf16 step only
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "compiled"]
 

@@ -107,9 +107,10 @@ class SparseEmbeddingGrad(Callback):
         self.rows: TouchedRowsGrad | None = None  # set while it acts
         self.applied = False  # whether it acted in this fit (for logs and tests)
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # after every callback's setup, so a model that callbacks.compile.TorchCompile compiles is seen as compiled
         model = getattr(pl_module, "model", None)
-        if not self.enabled or stage != "fit" or model is None or self.rows is not None:
+        if not self.enabled or model is None or self.rows is not None:
             return
         compiled = getattr(model, "_compiled_call_impl", None) is not None
         if compiled or trainer.world_size > 1 or trainer.strategy.root_device.type != "cpu":

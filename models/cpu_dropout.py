@@ -30,17 +30,38 @@ ATTENTION = "sdpa_cpu_dropout"  # the attention implementation's registered name
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """[*shape] bool on the CPU, each element True (kept) with probability 1 - p, from torch's global generator."""
-    n = 1
-    for size in shape:
-        n *= size
+    mask = torch.empty(shape, dtype=torch.bool)
+    _fill_keep_mask(mask, p)
+    return mask
+
+
+def _fill_keep_mask(mask: torch.Tensor, p: float) -> None:
+    """Draw `keep_mask`'s values into `mask` (a contiguous bool CPU tensor)."""
+    n = mask.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each, in [0, 2^63)
     quarters = words.view(torch.int16)[:n] & (2 ** KEEP_BITS - 1)  # [n] uniform in [0, 2^15)
-    return (quarters >= round(p * 2 ** KEEP_BITS)).view(shape)
+    torch.ge(quarters, round(p * 2 ** KEEP_BITS), out=mask.view(-1))
+
+
+# Under torch.compile, `random_` breaks the graph (dynamo does not trace in-place random ops), and inductor's own
+# random numbers cost more per element (README "Speed"). So a compiled model draws its masks through this custom
+# operator, which the compiler leaves opaque and runs as `_fill_keep_mask`. It writes into a fresh mask: an operator
+# that mutates its argument is never merged with another call of the same arguments nor recomputed in the backward
+# pass (which must see the forward's mask), as a pure one would be by the compiler's common-subexpression pass.
+@torch.library.custom_op("litbert::fill_keep_mask_", mutates_args=("mask",))
+def fill_keep_mask_(mask: torch.Tensor, p: float) -> None:
+    """Draw `keep_mask`'s values into `mask`, as one operator a compiled graph calls."""
+    _fill_keep_mask(mask, p)
 
 
 def masked_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Training-mode dropout of a CPU tensor with a `keep_mask`: x / (1 - p) where kept, 0 elsewhere (x's dtype)."""
-    return torch.where(keep_mask(x.shape, p), x * (1.0 / (1.0 - p)), 0.0)
+    if torch.compiler.is_compiling():
+        mask = torch.empty(x.shape, dtype=torch.bool)
+        fill_keep_mask_(mask, p)
+    else:
+        mask = keep_mask(x.shape, p)
+    return torch.where(mask, x * (1.0 / (1.0 - p)), 0.0)
 
 
 class CPUDropout(nn.Dropout):

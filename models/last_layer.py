@@ -113,17 +113,24 @@ def last_layer_at(model: nn.Module, positions: torch.Tensor | None = None) -> It
     """Within the block, `model`'s last encoder layer computes only `positions` ([B, M] indices; None: the first
     token, for the model's own sequence-classification head), so its last hidden state is [B, M, H].
 
-    Yields whether it did (False: an unknown layout, M = 0, or a compiled model; the model runs unchanged). Never with
-    `output_hidden_states`.
+    Yields whether it did (False: an unknown layout, M = 0, or a compiled model given `positions`; the model runs
+    unchanged). Never with `output_hidden_states`.
     """
-    compiled = getattr(model, "_compiled_call_impl", None) is not None  # a new module each call would recompile
-    if compiled or not trimmable(model, first_token_head=positions is None) \
+    compiled = getattr(model, "_compiled_call_impl", None) is not None
+    if (compiled and positions is not None) or not trimmable(model, first_token_head=positions is None) \
             or (positions is not None and positions.shape[1] == 0):
-        yield False
+        yield False  # a compiled model would be recompiled for each step's new positions tensor
         return
     layers = _layer_list(model)
     original = layers[-1]
-    layers[-1] = PartialLayer(original, positions)
+    if positions is None:
+        # the first-token stand-in has no state of its own: one per layer, kept, so a compiled model (whose guards
+        # check the module they traced) sees the same module every call and is compiled once
+        if getattr(original, "_first_token_layer", None) is None:
+            object.__setattr__(original, "_first_token_layer", PartialLayer(original))  # not a submodule
+        layers[-1] = original._first_token_layer
+    else:
+        layers[-1] = PartialLayer(original, positions)
     try:
         yield True
     finally:

@@ -46,3 +46,40 @@ def test_compiled_run_trains_like_the_eager_run(tmp_path, monkeypatch, data_dir,
     from safetensors import safe_open
     with safe_open(str(export), "pt") as handle:
         assert not any("_orig_mod" in key for key in handle.keys())
+
+
+def test_only_fits_of_min_steps_compile_and_evaluation_runs_eager():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from callbacks.compile import TorchCompile
+
+    def module():
+        return SimpleNamespace(model=nn.Linear(2, 2), teacher=None)
+
+    def compiled(pl_module):
+        return pl_module.model._compiled_call_impl is not None
+
+    short, long = SimpleNamespace(estimated_stepping_batches=99), SimpleNamespace(estimated_stepping_batches=100)
+    pl_module = module()
+    TorchCompile(min_steps=100).setup(short, pl_module, "fit")
+    assert not compiled(pl_module)  # too short to repay compilation: eager
+    callback, pl_module = TorchCompile(min_steps=100), module()
+    callback.setup(long, pl_module, "fit")
+    assert compiled(pl_module)
+    callback.on_validation_start(long, pl_module)
+    assert not compiled(pl_module)  # validation (and the sanity check) run the eager model
+    callback.on_validation_end(long, pl_module)
+    assert compiled(pl_module)
+    callback.teardown(long, pl_module, "fit")
+    assert not compiled(pl_module)  # a later validate/test in the process runs eager
+    pl_module = module()
+    TorchCompile().setup(long, pl_module, "validate")
+    assert not compiled(pl_module)
+    callback, pl_module = TorchCompile(evaluation=True), module()
+    callback.setup(long, pl_module, "validate")
+    callback.on_validation_start(long, pl_module)
+    assert compiled(pl_module)
+    with pytest.raises(ValueError, match="min_steps must be 0 or more"):
+        TorchCompile(min_steps=-1)

@@ -116,3 +116,24 @@ def test_an_eager_model_keeps_its_attention():
     use_cpu_dropout(model)
     assert model.config._attn_implementation == "eager"
     assert all(type(m) is CPUDropout for m in model.modules() if isinstance(m, nn.Dropout))
+
+
+def test_compiled_dropout_draws_each_mask_once_and_its_backward_uses_it():
+    """Under inductor two dropouts of one tensor draw two masks (not one merged draw), the backward multiplies by the
+    forward's masks (not a fresh draw), and the draws follow the seed: the same outputs as the eager model."""
+    first, second = CPUDropout(0.5).train(), CPUDropout(0.5).train()
+
+    def f(x, w):
+        return first(x) * w, second(x) * w
+
+    compiled = torch.compile(f, backend="inductor", dynamic=True)
+    x, w = torch.randn(16, 40, requires_grad=True), torch.randn(16, 40)
+    torch.manual_seed(5)
+    a, b = compiled(x, w)
+    assert not torch.equal(a != 0, b != 0)
+    (a.sum() + b.sum()).backward()
+    torch.testing.assert_close(x.grad, ((a != 0).float() + (b != 0).float()) * w / 0.5)
+    torch.manual_seed(5)
+    eager = f(x.detach(), w)
+    assert {tuple((t != 0).flatten().tolist()) for t in (a, b)} == {tuple((t != 0).flatten().tolist()) for t in eager}
+    torch._dynamo.reset()

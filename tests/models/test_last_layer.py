@@ -80,3 +80,27 @@ def test_selected_positions_keep_row_major_order():
     assert torch.equal(x.gather(1, positions)[valid], x[selected])
     none = selected_positions(torch.zeros(2, 4, dtype=torch.bool))
     assert none[0].shape == (2, 0) and none[1].shape == (2, 0)
+
+
+def test_a_compiled_model_is_trimmed_with_one_compilation():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch.manual_seed(0)
+    model = tiny("bert", "sdpa")
+    inputs, labels = batch(), torch.tensor([0, 2, 1, 2])
+    full = model(**inputs, labels=labels)
+    counter = CompileCounterWithBackend("aot_eager")  # dynamo + AOTAutograd as inductor runs them, no code generated
+    model.compile(backend=counter, dynamic=True)
+    frames = []
+    for _ in range(3):  # the same stand-in module every call: traced by the first call, not once a step
+        with last_layer_at(model) as trimmed:
+            fast = model(**inputs, labels=labels)
+        assert trimmed
+        frames.append(counter.frame_count)
+    assert frames[0] > 0 and frames == frames[:1] * 3
+    torch.testing.assert_close(fast.logits, full.logits, rtol=1e-5, atol=1e-6)
+    assert not any(isinstance(m, PartialLayer) for m in model.modules())
+    assert set(model.state_dict()) == set(tiny("bert", "sdpa").state_dict())
+    with last_layer_at(model, torch.zeros(4, 2, dtype=torch.long)) as trimmed:  # new positions each step: not traced
+        assert trimmed is False
+    torch._dynamo.reset()
