@@ -4,7 +4,7 @@ Passed to `train.py` runs with `--trainer.callbacks+={"class_path": "tests.ddp_r
 the end of `fit` every rank writes `<out_dir>/rank<global rank>.json`:
 - `train`: per training batch: epoch, batch_idx, global_step before the batch, `example_index` list (where the
   batch has one), the loss `training_step` returned (undivided by accumulation), real and padded token counts,
-  and each example's real length;
+  each example's real length, and whether the trained model ran compiled (callbacks/compile.py);
 - `val`: per validation epoch (sanity check excluded): the `example_index` of every batch, and for GLUE modules the
   number of examples the first metric collection counted, summed over ranks (`val_metric_examples`), and the
   `val*` figures logged (`metrics`);
@@ -33,6 +33,7 @@ class BatchRecorder(Callback):
             "indices": batch["example_index"].tolist() if "example_index" in batch else None,
             "loss": float(loss) * trainer.accumulate_grad_batches,  # Lightning divides it by the accumulation
             "tokens": int(mask.sum()), "padded": int(mask.numel()), "lengths": mask.sum(1).tolist(),
+            "compiled": getattr(getattr(pl_module, "model", None), "_compiled_call_impl", None) is not None,
         })
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -8,7 +8,8 @@ configs/finetune/glue.yaml, configs/distill/roberta_general.yaml, configs/distil
 - 2 processes with batch B see at every step exactly the examples 1 process with batch 2B sees, and give the same
   per-step losses (mean over ranks; dropout 0) for MLM, GLUE fine-tuning and general distillation;
 - length grouping survives DDP; validation counts every dev example exactly once (no repeats, unequal shards);
-- with gradient accumulation no optimiser step is cut short at an epoch end.
+- with gradient accumulation no optimiser step is cut short at an epoch end;
+- GLUE fine-tuning with the training step compiled (callbacks/compile.py) gives one eager process's steps and losses.
 """
 from __future__ import annotations
 
@@ -187,6 +188,30 @@ def test_glue_finetune_shards_keeps_length_groups_counts_dev_once_and_never_cuts
     assert_validation_once(double, 11)
     assert_validation_once(single, 11)
     assert_same_val_metrics(single, double, ["val/loss", "val/accuracy"])
+
+
+def test_glue_finetune_compiled_on_two_processes_matches_one_eager(tmp_path, monkeypatch, data_dir,
+                                                                     tiny_classifier_dir):
+    """The compiled training step (callbacks/compile.py, what glue.yaml does in long fits) under DDP: the same steps
+    and losses as one eager process with the double batch."""
+    def args(out: Path, batch_size: int) -> list[str]:
+        return ["--config", str(CONFIGS / "finetune" / "glue.yaml"),
+                f"--model.init_args.pretrained={tiny_classifier_dir}",
+                f"--data.init_args.tokenizer={tiny_classifier_dir}", f"--data.init_args.data_dir={data_dir}",
+                "--data.init_args.task_name=sst2", "--data.init_args.max_train_samples=16",
+                "--data.init_args.max_eval_samples=4", f"--data.init_args.batch_size={batch_size}",
+                "--trainer.max_steps=3", "--trainer.log_every_n_steps=1", "--model.init_args.warmup_ratio=0",
+                f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", recorder(out)]
+
+    # aot_eager traces as inductor does (dynamo + AOTAutograd) without generating code: quick in a test
+    compiled = ['--trainer.callbacks+={"class_path": "callbacks.compile.TorchCompile", '
+                '"init_args": {"backend": "aot_eager"}}']
+    run_one_process(args(tmp_path / "one", 4), tmp_path, monkeypatch)
+    run_two_processes(args(tmp_path / "two", 2) + compiled, tmp_path)
+    single, double = load_records(tmp_path / "one"), load_records(tmp_path / "two")
+    assert not any(b["compiled"] for b in single[0]["train"])  # 3 steps: below glue.yaml's min_steps, eager
+    assert all(b["compiled"] for record in double for b in record["train"])
+    assert_same_steps_and_losses(single, double)
 
 
 # ---- distillation ------------------------------------------------------------------------------------------------
