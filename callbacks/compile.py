@@ -56,12 +56,19 @@ class TorchCompile(Callback):
         self.compiled: dict = {}  # name -> the compiled call of the model this callback compiled
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit" and not self.evaluation:
-            return
-        if stage == "fit" and self.min_steps and trainer.estimated_stepping_batches < self.min_steps:
+        if stage != "fit" and self.evaluation:  # validate / test / predict
+            self._compile(pl_module)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Not in `setup`: the fit's step count sets up the training data, which must wait until a resumed run has
+        # restored its sampler's state (exact resume); the compiled call is made lazily at the first step anyway.
+        if self.min_steps and trainer.estimated_stepping_batches < self.min_steps:
             rank_zero_info(f"TorchCompile: {trainer.estimated_stepping_batches:,} optimiser steps, fewer than "
                            f"min_steps={self.min_steps:,}: the model runs eager (compiling would cost more)")
             return
+        self._compile(pl_module)
+
+    def _compile(self, pl_module) -> None:
         for name in self.names:
             model = getattr(pl_module, name, None)
             if model is not None and getattr(model, "_compiled_call_impl", None) is None:

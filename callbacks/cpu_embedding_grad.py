@@ -107,8 +107,9 @@ class SparseEmbeddingGrad(Callback):
         self.rows: TouchedRowsGrad | None = None  # set while it acts
         self.applied = False  # whether it acted in this fit (for logs and tests)
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        # after every callback's setup, so a model that callbacks.compile.TorchCompile compiles is seen as compiled
+    def on_train_start(self, trainer, pl_module) -> None:
+        # after every callback's setup and on_fit_start, so a model that callbacks.compile.TorchCompile compiles (at
+        # fit start) is seen as compiled
         model = getattr(pl_module, "model", None)
         if not self.enabled or model is None or self.rows is not None:
             return

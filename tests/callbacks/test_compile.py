@@ -63,10 +63,12 @@ def test_only_fits_of_min_steps_compile_and_evaluation_runs_eager():
 
     short, long = SimpleNamespace(estimated_stepping_batches=99), SimpleNamespace(estimated_stepping_batches=100)
     pl_module = module()
-    TorchCompile(min_steps=100).setup(short, pl_module, "fit")
+    TorchCompile(min_steps=100).on_fit_start(short, pl_module)
     assert not compiled(pl_module)  # too short to repay compilation: eager
     callback, pl_module = TorchCompile(min_steps=100), module()
     callback.setup(long, pl_module, "fit")
+    assert not compiled(pl_module)  # decided at fit start, after a resumed run restored its data's state
+    callback.on_fit_start(long, pl_module)
     assert compiled(pl_module)
     callback.on_validation_start(long, pl_module)
     assert not compiled(pl_module)  # validation (and the sanity check) run the eager model
