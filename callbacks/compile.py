@@ -1,11 +1,11 @@
 """TorchCompile: `torch.compile` the trained model(s) of any recipe for the training steps of a long enough fit.
 
 Measured on the 2-core Xeon (MiniLM-L6 fine-tuning on SST-2's length-grouped batches, `benchmarks/finetune_glue.py`,
-README "Speed"): the compiled step is 1.24x faster than the eager one (0.097 against 0.120 s), most of it in the
-fixed cost of a step (the Python and dispatch of hundreds of small operators), for about 40 s of compilation in the
-first step (12 s when torch's compile cache holds the graphs of an earlier run). So configs/finetune/glue.yaml
-compiles fits of at least `min_steps` optimiser steps (SST-2's three epochs: 6,315) and leaves short ones (RTE, MRPC:
-a few hundred steps) eager, where compilation would cost more than it saves.
+README "Speed"): the compiled step is 1.24x faster than the eager one (0.097 against 0.120 s), with less fixed cost
+(the Python and dispatch of hundreds of small operators) and less per token (fused element-wise work), for about 40 s
+of compilation in the first step (12 s when torch's compile cache holds the graphs of an earlier run). So
+configs/finetune/glue.yaml compiles fits of at least `min_steps` optimiser steps (SST-2's three epochs: 6,315) and
+leaves short ones (RTE, MRPC: a few hundred steps) eager, where compilation would cost more than it saves.
 
 What stays as in the eager model: the parameter names (`nn.Module.compile` compiles in place, so checkpoints and
 exports are the plain model's), the last encoder layer run at the first token only (`models.last_layer`: the same
