@@ -4,7 +4,7 @@ torch's CPU dropout samples its mask one element at a time; `models.cpu_dropout`
 2.5-3.2x faster (17% of a bf16 MLM step of `roberta_small` on 2 cores went to dropout; benchmarks/README.md). train.py
 adds this callback to every run unless the config lists it (`add_default_callbacks`); on a GPU it does nothing. A
 model compiled by `callbacks.compile.TorchCompile` draws the same masks through an operator the compiler leaves
-alone (`models.cpu_dropout.keep_mask_like`). The results command (`scripts/results.py`) turns it off: its committed
+alone (`models.cpu_dropout.fill_keep_mask_`). The results command (`scripts/results.py`) turns it off: its committed
 records were measured with torch's dropout.
 
 YAML (under `trainer:`), to keep torch's dropout on the CPU:
