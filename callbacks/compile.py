@@ -2,10 +2,11 @@
 
 Measured on the 2-core Xeon (MiniLM-L6 fine-tuning on SST-2's length-grouped batches, `benchmarks/finetune_glue.py`,
 README "Speed"): the compiled step is 1.24x faster than the eager one (0.097 against 0.120 s), with less fixed cost
-(the Python and dispatch of hundreds of small operators) and less per token (fused element-wise work), for about 40 s
-of compilation in the first step (12 s when torch's compile cache holds the graphs of an earlier run). So
-configs/finetune/glue.yaml compiles fits of at least `min_steps` optimiser steps (SST-2's three epochs: 6,315) and
-leaves short ones (RTE, MRPC: a few hundred steps) eager, where compilation would cost more than it saves.
+(the Python and dispatch of hundreds of small operators) and less per token (fused element-wise work), for about a
+minute of compilation in the first step (61.6 s with an empty compile cache; 12-16 s when torch's compile cache holds
+the graphs of an earlier run). So configs/finetune/glue.yaml compiles fits of at least `min_steps` optimiser steps
+(SST-2's three epochs: 6,315) and leaves short ones (RTE, MRPC: a few hundred steps) eager, where compilation would
+cost more than it saves.
 
 What stays as in the eager model: the parameter names (`nn.Module.compile` compiles in place, so checkpoints and
 exports are the plain model's), the last encoder layer run at the first token only (`models.last_layer`: the same
