@@ -10,15 +10,16 @@ cost more than it saves.
 
 What stays as in the eager model: the parameter names (`nn.Module.compile` compiles in place, so checkpoints and
 exports are the plain model's), the last encoder layer run at the first token only (`models.last_layer`: the same
-stand-in module each step, so it is traced once), the CPU dropout's masks (`models.cpu_dropout`: drawn by one
-operator the compiler leaves alone). What changes: the input embedding's gradient is torch's dense one
+stand-in module each step, so it is traced once), the CPU dropout's masks (`models.cpu_dropout`: drawn by one operator
+the compiler leaves alone). What changes: the input embedding's gradient is torch's dense one
 (`callbacks.cpu_embedding_grad` leaves a compiled model alone: its sparse backward breaks the graph), and the
 element-wise work is fused, so bf16 results differ from the eager ones by rounding. Validation, test and prediction
 run the eager model unless `evaluation` is set (a model in eval mode is traced again: seconds to minutes of
 compilation for a few eval batches). Inductor's `cpp_wrapper` option (`options: {cpp_wrapper: true}`) made the
-compiled step 4% faster again on that Xeon (92.9 against 96.6 ms, three alternated rounds) for about 25 s more of
-compilation in a fresh process; it is not in the shipped config (on SST-2's three epochs it only pays the compilation
-back, and it is untried on a GPU here).
+compiled step 4% faster again on that Xeon (92.9 against 96.6 ms, three alternated rounds, a scratch script); its
+first pass compiled in about 65 s with an empty cache, against 61.6 s for the default's first step of a fit, not
+measured side by side. It is not in the shipped config: untried on a GPU here, and the tests trace with `aot_eager`,
+which does not exercise it.
 
 YAML (under `trainer:`):
 

@@ -101,6 +101,15 @@ def assert_same_val_metrics(single: list[dict], double: list[dict], keys: list[s
             assert two["metrics"][key] == pytest.approx(one["metrics"][key], abs=tolerance, rel=tolerance), key
 
 
+def glue_args(out: Path, batch_size: int, data_dir: Path, classifier: Path) -> list[str]:
+    """configs/finetune/glue.yaml on SST-2 with a local classifier, logging every step into `out`, recorded."""
+    return ["--config", str(CONFIGS / "finetune" / "glue.yaml"), f"--model.init_args.pretrained={classifier}",
+            f"--data.init_args.tokenizer={classifier}", f"--data.init_args.data_dir={data_dir}",
+            "--data.init_args.task_name=sst2", f"--data.init_args.batch_size={batch_size}",
+            "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}", recorder(out)]
+
+
 # ---- fixtures ----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_classifier_dir(tmp_path, wordpiece_tokenizer_dir) -> Path:
@@ -144,13 +153,10 @@ def test_glue_finetune_shards_keeps_length_groups_counts_dev_once_and_never_cuts
     # 20 train rows, global batch 4: 5 batches per rank per epoch, accumulation 2 -> 4 kept, 2 optimiser steps.
     # 11 dev rows, eval batch 5: rank 0 gets 6 (2 batches), rank 1 gets 5 (1 batch); one process: 3 batches.
     def args(out: Path, batch_size: int) -> list[str]:
-        return ["--config", str(CONFIGS / "finetune" / "glue.yaml"), f"--model.init_args.pretrained={tiny_classifier_dir}",
-                f"--data.init_args.tokenizer={tiny_classifier_dir}", f"--data.init_args.data_dir={data_dir}",
-                "--data.init_args.task_name=sst2", "--data.init_args.group_by_length=true",
-                "--data.init_args.max_train_samples=20", "--data.init_args.max_eval_samples=11",
-                f"--data.init_args.batch_size={batch_size}", "--data.init_args.eval_batch_size=5",
-                "--trainer.accumulate_grad_batches=2", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1",
-                f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", recorder(out)]
+        return glue_args(out, batch_size, data_dir, tiny_classifier_dir) + [
+            "--data.init_args.group_by_length=true", "--data.init_args.max_train_samples=20",
+            "--data.init_args.max_eval_samples=11", "--data.init_args.eval_batch_size=5",
+            "--trainer.accumulate_grad_batches=2", "--trainer.max_epochs=2"]
 
     run_one_process(args(tmp_path / "one", 4), tmp_path, monkeypatch)
     run_two_processes(args(tmp_path / "two", 2), tmp_path)
@@ -195,14 +201,11 @@ def test_glue_finetune_compiled_on_two_processes_matches_one_eager(tmp_path, mon
     """The compiled training step (callbacks/compile.py, what glue.yaml does in long fits) under DDP: the same steps
     and losses as one eager process with the double batch."""
     def args(out: Path, batch_size: int) -> list[str]:
-        return ["--config", str(CONFIGS / "finetune" / "glue.yaml"),
-                f"--model.init_args.pretrained={tiny_classifier_dir}",
-                f"--data.init_args.tokenizer={tiny_classifier_dir}", f"--data.init_args.data_dir={data_dir}",
-                "--data.init_args.task_name=sst2", "--data.init_args.max_train_samples=16",
-                "--data.init_args.max_eval_samples=4", f"--data.init_args.batch_size={batch_size}",
-                "--trainer.max_steps=3", "--trainer.log_every_n_steps=1", "--model.init_args.warmup_ratio=0",
-                f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", recorder(out)]
+        return glue_args(out, batch_size, data_dir, tiny_classifier_dir) + [
+            "--data.init_args.max_train_samples=16", "--data.init_args.max_eval_samples=4", "--trainer.max_steps=3",
+            "--model.init_args.warmup_ratio=0"]
 
+    # a second TorchCompile beside the config's (whose min_steps leaves a 3-step fit eager), compiling every fit;
     # aot_eager traces as inductor does (dynamo + AOTAutograd) without generating code: quick in a test
     compiled = ['--trainer.callbacks+={"class_path": "callbacks.compile.TorchCompile", '
                 '"init_args": {"backend": "aot_eager"}}']
