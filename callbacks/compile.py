@@ -15,11 +15,9 @@ the compiler leaves alone). What changes: the input embedding's gradient is torc
 (`callbacks.cpu_embedding_grad` leaves a compiled model alone: its sparse backward breaks the graph), and the
 element-wise work is fused, so bf16 results differ from the eager ones by rounding. Validation, test and prediction
 run the eager model unless `evaluation` is set (a model in eval mode is traced again: seconds to minutes of
-compilation for a few eval batches). Inductor's `cpp_wrapper` option (`options: {cpp_wrapper: true}`) made the
-compiled step 4% faster again on that Xeon (92.9 against 96.6 ms, three alternated rounds, a scratch script); its
-first pass compiled in about 65 s with an empty cache, against 61.6 s for the default's first step of a fit, not
-measured side by side. It is not in the shipped config: untried on a GPU here, and the tests trace with `aot_eager`,
-which does not exercise it.
+compilation for a few eval batches). On a CPU, inductor's `cpp_wrapper` is on (`cpu_options`): the compiled graph
+calls its kernels from generated C++ instead of Python, 4% faster a step on that Xeon (92.9 against 96.6 ms, three
+alternated rounds, a scratch script); a GPU gets inductor's defaults (untried there).
 
 YAML (under `trainer:`):
 
@@ -29,10 +27,12 @@ YAML (under `trainer:`):
 """
 from __future__ import annotations
 
+import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 MODELS = ("model", "teacher")  # the LightningModule attributes compiled (a distillation teacher: its forward only)
+CPU_OPTIONS = {"cpp_wrapper": True}  # inductor's options on a CPU unless `cpu_options` says otherwise
 
 
 class TorchCompile(Callback):
@@ -44,22 +44,25 @@ class TorchCompile(Callback):
         backend: torch.compile's backend ("inductor"; "aot_eager" to check a model without generating code).
         teacher: compile the teacher too (its forward only).
         options: the backend's options (inductor: `{cpp_wrapper: true}` calls the kernels from generated C++).
+        cpu_options: inductor options added when the model trains on a CPU and `mode` is unset (None: cpp_wrapper).
         min_steps: compile only fits of at least this many optimiser steps (0: every fit).
         evaluation: also run validation, test and prediction compiled (and compile `validate`/`test`/`predict` runs).
     """
 
     def __init__(self, dynamic: bool = True, mode: str | None = None, backend: str = "inductor", teacher: bool = True,
-                 options: dict | None = None, min_steps: int = 0, evaluation: bool = False):
+                 options: dict | None = None, cpu_options: dict | None = None, min_steps: int = 0,
+                 evaluation: bool = False):
         if min_steps < 0:
             raise ValueError(f"TorchCompile: min_steps must be 0 or more, got {min_steps}")
         self.options = {"dynamic": dynamic, "mode": mode, "backend": backend, "options": options}
+        self.cpu_options = CPU_OPTIONS if cpu_options is None else cpu_options
         self.names = MODELS if teacher else MODELS[:1]
         self.min_steps, self.evaluation = min_steps, evaluation
         self.compiled: dict = {}  # name -> the compiled call of the model this callback compiled
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" and self.evaluation:  # validate / test / predict
-            self._compile(pl_module)
+            self._compile(trainer, pl_module)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # Not in `setup`: the fit's step count sets up the training data, which must wait until a resumed run has
@@ -68,13 +71,22 @@ class TorchCompile(Callback):
             rank_zero_info(f"TorchCompile: {trainer.estimated_stepping_batches:,} optimiser steps, fewer than "
                            f"min_steps={self.min_steps:,}: the model runs eager (compiling would cost more)")
             return
-        self._compile(pl_module)
+        self._compile(trainer, pl_module)
 
-    def _compile(self, pl_module) -> None:
+    def compile_options(self, device: torch.device) -> dict:
+        """torch.compile's arguments for a model on `device` (`cpu_options` added on a CPU: torch.compile takes
+        `mode` or `options`, not both)."""
+        options = dict(self.options)
+        if device.type == "cpu" and options["backend"] == "inductor" and options["mode"] is None:
+            options["options"] = {**self.cpu_options, **(options["options"] or {})} or None
+        return options
+
+    def _compile(self, trainer, pl_module) -> None:
+        options = self.compile_options(trainer.strategy.root_device)
         for name in self.names:
             model = getattr(pl_module, name, None)
             if model is not None and getattr(model, "_compiled_call_impl", None) is None:
-                model.compile(**self.options)
+                model.compile(**options)
                 self.compiled[name] = model._compiled_call_impl
 
     def _eager(self, pl_module, eager: bool) -> None:

@@ -51,6 +51,7 @@ def test_compiled_run_trains_like_the_eager_run(tmp_path, monkeypatch, data_dir,
 def test_only_fits_of_min_steps_compile_and_evaluation_runs_eager():
     from types import SimpleNamespace
 
+    import torch
     from torch import nn
 
     from callbacks.compile import TorchCompile
@@ -61,7 +62,10 @@ def test_only_fits_of_min_steps_compile_and_evaluation_runs_eager():
     def compiled(pl_module):
         return pl_module.model._compiled_call_impl is not None
 
-    short, long = SimpleNamespace(estimated_stepping_batches=99), SimpleNamespace(estimated_stepping_batches=100)
+    def trainer(steps):
+        return SimpleNamespace(estimated_stepping_batches=steps, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+    short, long = trainer(99), trainer(100)
     pl_module = module()
     TorchCompile(min_steps=100).on_fit_start(short, pl_module)
     assert not compiled(pl_module)  # too short to repay compilation: eager
@@ -85,3 +89,19 @@ def test_only_fits_of_min_steps_compile_and_evaluation_runs_eager():
     assert compiled(pl_module)
     with pytest.raises(ValueError, match="min_steps must be 0 or more"):
         TorchCompile(min_steps=-1)
+
+
+def test_a_cpu_model_compiles_with_cpp_wrapper_unless_told_otherwise():
+    import torch
+
+    from callbacks.compile import TorchCompile
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert TorchCompile().compile_options(cpu)["options"] == {"cpp_wrapper": True}
+    assert TorchCompile().compile_options(gpu)["options"] is None  # a GPU: inductor's defaults
+    assert TorchCompile(cpu_options={}).compile_options(cpu)["options"] is None
+    # the user's options win over the CPU's; a mode excludes options (torch.compile takes one or the other)
+    mine = TorchCompile(options={"cpp_wrapper": False, "freezing": False}).compile_options(cpu)["options"]
+    assert mine == {"cpp_wrapper": False, "freezing": False}
+    assert TorchCompile(mode="max-autotune").compile_options(cpu)["options"] is None
+    assert TorchCompile(backend="aot_eager").compile_options(cpu)["options"] is None  # options are inductor's

@@ -118,7 +118,8 @@ def test_an_eager_model_keeps_its_attention():
     assert all(type(m) is CPUDropout for m in model.modules() if isinstance(m, nn.Dropout))
 
 
-def test_compiled_dropout_draws_each_mask_once_and_its_backward_uses_it():
+@pytest.mark.parametrize("cpp_wrapper", [False, True])  # True: how callbacks.compile.TorchCompile compiles on a CPU
+def test_compiled_dropout_draws_each_mask_once_and_its_backward_uses_it(cpp_wrapper):
     """Under inductor two dropouts of one tensor draw two masks (not one merged draw), the backward multiplies by the
     forward's masks (not a fresh draw), and the draws follow the seed: the same outputs as the eager model."""
     first, second = CPUDropout(0.5).train(), CPUDropout(0.5).train()
@@ -126,7 +127,7 @@ def test_compiled_dropout_draws_each_mask_once_and_its_backward_uses_it():
     def f(x, w):
         return first(x) * w, second(x) * w
 
-    compiled = torch.compile(f, backend="inductor", dynamic=True)
+    compiled = torch.compile(f, backend="inductor", dynamic=True, options={"cpp_wrapper": cpp_wrapper})
     x, w = torch.randn(16, 40, requires_grad=True), torch.randn(16, 40)
     torch.manual_seed(5)
     a, b = compiled(x, w)
