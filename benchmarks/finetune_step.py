@@ -261,10 +261,13 @@ def trainer_like(step: Step):
 def compiled(step: Step):
     """`torch.compile(dynamic=True)` of the model as callbacks/compile.TorchCompile compiles it for a long fit: the
     last layer at the first token and the CPU dropout kept, torch's dense embedding backward (the kept embedding
-    gradient leaves a compiled model alone). Its first pass compiles (a minute on 2 cores)."""
+    gradient leaves a compiled model alone), with the callback's options (on a CPU: inductor's cpp_wrapper). Its first
+    pass compiles (a minute on 2 cores)."""
+    from callbacks.compile import TorchCompile
+
     with dense_embedding_grad(step):
         if step.compiled_call is None:
-            step.model.compile(dynamic=True)
+            step.model.compile(**TorchCompile().compile_options(next(step.model.parameters()).device))
             step.compiled_call = step.model._compiled_call_impl
         step.model._compiled_call_impl = step.compiled_call
         try:

@@ -3,8 +3,9 @@ memory, and per-step figures from the difference of a short and a long run.
 
 Each method under test is a command line (a child process: litbert's `train.py fit ...`, the Hugging Face Trainer,
 a plain PyTorch loop) that takes a number of optimiser steps. `compare` runs every method for `short` and for `long`
-steps, alternating the methods (A short, B short, A long, B long, ... repeated) so that load from elsewhere hits all of
-them alike, and takes per-step time = (T_long - T_short) / (long - short): start-up (imports, model loading,
+steps, alternating the methods (A short, B short, A long, B long), in the reverse order every second repeat (B short,
+A short, B long, A long), so that load from elsewhere, and a machine that slows or speeds up over the session (a
+linear drift cancels over each pair of repeats), hits all of them alike, and takes per-step time = (T_long - T_short) / (long - short): start-up (imports, model loading,
 tokenization, caching, `torch.compile`) cancels. Peak memory is the long run's peak RSS (`os.wait4` of the child,
 which also covers the descendants it waited for, e.g. dataloader workers: the largest single process, not their sum).
 The same difference of the child's CPU time (user + system) gives core-seconds per step, a hint on a shared machine:
@@ -247,8 +248,9 @@ def compare(methods: list[Method], short: int, long: int, repeats: int = 1, verb
             print(f"  [warm-up] {method.name:<28} {short:>5} steps  {result.wall_s:8.1f} s (untimed)", flush=True)
     runs: dict[tuple[str, int], list[RunResult]] = {}
     for r in range(repeats):
+        order = methods if r % 2 == 0 else methods[::-1]  # A B, then B A: a drift over the session hits both alike
         for steps in (short, long):
-            for method in methods:
+            for method in order:
                 result = run_method(method, steps)
                 runs.setdefault((method.name, steps), []).append(result)
                 if verbose:

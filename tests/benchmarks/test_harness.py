@@ -36,6 +36,17 @@ def test_compare_recovers_the_per_step_time_and_start_up_cancels():
         compare([fast], short=3, long=3)
 
 
+def test_every_second_repeat_runs_the_methods_in_reverse_order(tmp_path):
+    log = tmp_path / "order.txt"
+
+    def logger(name):
+        script = f"import sys; open({str(log)!r}, 'a').write({name!r} + sys.argv[1] + ' ')"
+        return Method(name, lambda steps: [sys.executable, "-S", "-c", script, str(steps)])
+
+    compare([logger("A"), logger("B")], short=1, long=2, repeats=3, warmup=False, verbose=False)
+    assert log.read_text().split() == ["A1", "B1", "A2", "B2", "B1", "A1", "B2", "A2", "A1", "B1", "A2", "B2"]
+
+
 def test_a_failing_run_fails_loudly_with_its_output():
     with pytest.raises(SystemExit, match=r"(?s)exit 3.*the-last-words"):
         run_timed([sys.executable, "-c", "print('the-last-words'); raise SystemExit(3)"])
