@@ -1,16 +1,17 @@
 """What every whole-run benchmark shares: the machine's measured matmul peak, timed child processes with their peak
 memory, and per-step figures from the difference of a short and a long run.
 
-Each method under test is a command line (a child process: litbert's `train.py fit ...`, the Hugging Face Trainer,
-a plain PyTorch loop) that takes a number of optimiser steps. `compare` runs every method for `short` and for `long`
+Each method under test is a command line (a child process: litbert's `train.py fit ...`, the Hugging Face Trainer, a
+plain PyTorch loop) that takes a number of optimiser steps. `compare` runs every method for `short` and for `long`
 steps, alternating the methods (A short, B short, A long, B long), in the reverse order every second repeat (B short,
 A short, B long, A long), so that load from elsewhere, and a machine that slows or speeds up over the session (a
-linear drift cancels over each pair of repeats), hits all of them alike, and takes per-step time = (T_long - T_short) / (long - short): start-up (imports, model loading,
-tokenization, caching, `torch.compile`) cancels. Peak memory is the long run's peak RSS (`os.wait4` of the child,
-which also covers the descendants it waited for, e.g. dataloader workers: the largest single process, not their sum).
-The same difference of the child's CPU time (user + system) gives core-seconds per step, a hint on a shared machine:
-a process that waits for a core loses wall time without CPU time, but its other threads may spin at a barrier
-meanwhile (OpenMP), which counts; neither figure is clean there, so final figures come from an idle machine.
+linear drift cancels over each pair of repeats), hits all of them alike, and takes per-step time = (T_long - T_short)
+/ (long - short): start-up (imports, model loading, tokenization, caching, `torch.compile`) cancels. Peak memory is
+the long run's peak RSS (`os.wait4` of the child, which also covers the descendants it waited for, e.g. dataloader
+workers: the largest single process, not their sum). The same difference of the child's CPU time (user + system) gives
+core-seconds per step, a hint on a shared machine: a process that waits for a core loses wall time without CPU time,
+but its other threads may spin at a barrier meanwhile (OpenMP), which counts; neither figure is clean there, so final
+figures come from an idle machine.
 
 Every run starts in a fresh, empty working directory (removed afterwards), so that no run sees another's checkpoints
 or logs; commands name the repository's files by absolute path (`REPO`). A method may say how many optimiser steps a

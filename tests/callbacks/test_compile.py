@@ -63,7 +63,8 @@ def test_only_fits_of_min_steps_compile_and_evaluation_runs_eager():
         return pl_module.model._compiled_call_impl is not None
 
     def trainer(steps):
-        return SimpleNamespace(estimated_stepping_batches=steps, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        cpu = SimpleNamespace(root_device=torch.device("cpu"))
+        return SimpleNamespace(estimated_stepping_batches=steps, strategy=cpu)
 
     short, long = trainer(99), trainer(100)
     pl_module = module()
