@@ -21,6 +21,7 @@ word-embedding gradient, fused AdamW, the malloc setting and oneDNN kernel cache
 
     DATA_DIR=../shared/data python benchmarks/finetune_step.py --start 10 --steps 120 --repeats 3
     DATA_DIR=../shared/data python benchmarks/finetune_step.py --variants compiled --repeats 2  # torch.compile too
+    DATA_DIR=../shared/data python benchmarks/finetune_step.py --start 300 --variants compiled compiled_python_wrapper
     # oneDNN's kernel cache (callbacks/cpu_kernel_cache.py): the second pass over 700 batches, default vs raised
     DATA_DIR=../shared/data python benchmarks/finetune_step.py --start 0 --steps 700 --variants --kernel_cache 1024
     DATA_DIR=../shared/data python benchmarks/finetune_step.py --start 0 --steps 700 --variants
@@ -79,7 +80,7 @@ class Step:
                                                      total_steps=1 << 30)["optimizer"]
         self.rows = TouchedRowsGrad(self.model.get_input_embeddings())
         self.after_backward = self.after_optimizer = None
-        self.compiled_call = None  # the `compiled` variant's compiled forward, made once
+        self.compiled_calls: dict = {}  # a compiled variant's name -> its compiled forward, made once
 
     def loss(self, batch: dict) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
@@ -258,22 +259,36 @@ def trainer_like(step: Step):
 
 
 @contextlib.contextmanager
-def compiled(step: Step):
-    """`torch.compile(dynamic=True)` of the model as callbacks/compile.TorchCompile compiles it for a long fit: the
-    last layer at the first token and the CPU dropout kept, torch's dense embedding backward (the kept embedding
-    gradient leaves a compiled model alone), with the callback's options (on a CPU: inductor's cpp_wrapper). Its first
-    pass compiles (a minute on 2 cores)."""
-    from callbacks.compile import TorchCompile
-
+def compiled_as(step: Step, name: str, callback):
+    """The model compiled (once per `name`) with the arguments `callback` (a callbacks.compile.TorchCompile) gives
+    it on the model's device, with torch's dense embedding backward (the kept embedding gradient leaves a compiled
+    model alone). The first pass compiles (a minute on 2 cores)."""
     with dense_embedding_grad(step):
-        if step.compiled_call is None:
-            step.model.compile(**TorchCompile().compile_options(next(step.model.parameters()).device))
-            step.compiled_call = step.model._compiled_call_impl
-        step.model._compiled_call_impl = step.compiled_call
+        if name not in step.compiled_calls:
+            step.model._compiled_call_impl = None
+            step.model.compile(**callback.compile_options(next(step.model.parameters()).device))
+            step.compiled_calls[name] = step.model._compiled_call_impl
+        step.model._compiled_call_impl = step.compiled_calls[name]
         try:
             yield
         finally:
             step.model._compiled_call_impl = None
+
+
+def compiled(step: Step):
+    """`torch.compile(dynamic=True)` of the model as callbacks/compile.TorchCompile compiles it for a long fit: the
+    last layer at the first token and the CPU dropout kept, on a CPU inductor's cpp_wrapper."""
+    from callbacks.compile import TorchCompile
+
+    return compiled_as(step, "compiled", TorchCompile())
+
+
+def compiled_python_wrapper(step: Step):
+    """The same without cpp_wrapper (TorchCompile's `cpu_options: {}`): the compiled graph calls its kernels from
+    generated Python, inductor's default."""
+    from callbacks.compile import TorchCompile
+
+    return compiled_as(step, "compiled_python_wrapper", TorchCompile(cpu_options={}))
 
 
 # name: (context manager, kind). Kinds: the gain of a kept default (switched off here), a lever tried and not kept,
@@ -286,9 +301,10 @@ VARIANTS = {"trainer_like": (trainer_like, REFERENCE),
             "dense_embedding_grad": (dense_embedding_grad, KEPT),
             "no_hidden_dropout": (no_hidden_dropout, BOUND), "fused_qkv": (fused_qkv, TRIED),
             "fp32_onednn_bf16": (fp32_onednn_bf16, TRIED), "cached_bf16_weights": (cached_bf16_weights, TRIED),
-            "compiled": (compiled, LONG_FITS)}
+            "compiled": (compiled, LONG_FITS), "compiled_python_wrapper": (compiled_python_wrapper, KEPT)}
 BF16_ONLY = ("fp32_onednn_bf16", "cached_bf16_weights")  # variants of the bf16 step only
-DEFAULT_VARIANTS = [name for name in VARIANTS if name != "compiled"]
+COMPILED = ("compiled", "compiled_python_wrapper")  # a minute of compilation each: run when named
+DEFAULT_VARIANTS = [name for name in VARIANTS if name not in COMPILED]
 
 
 # ---- measurement ----
@@ -423,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = ["litbert"] + [n for n in args.variants if step.autocast or n not in BF16_ONLY]
     contexts = {"litbert": contextlib.nullcontext, **{name: context for name, (context, _) in VARIANTS.items()}}
-    for name in names:  # one untimed pass each: new shapes, and compilation for `compiled`
+    for name in names:  # one untimed pass each: new shapes, and compilation for the compiled variants
         with contexts[name](step):
             step.timed(batches)
     per_batch = {name: [] for name in names}  # each round's ms of each batch

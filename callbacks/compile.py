@@ -16,9 +16,10 @@ the compiler leaves alone). What changes: the input embedding's gradient is torc
 element-wise work is fused, so bf16 results differ from the eager ones by rounding. Validation, test and prediction
 run the eager model unless `evaluation` is set (a model in eval mode is traced again: seconds to minutes of
 compilation for a few eval batches). On a CPU, inductor's `cpp_wrapper` is on (`cpu_options`): the compiled graph
-calls its kernels from generated C++ instead of Python, 4% faster a step on that Xeon (92.9 against 96.6 ms, three
-alternated rounds, a scratch script), for about the same compilation (the first step of a fit 61-67 s with an empty
-cache in two runs, 14 s warm); a GPU gets inductor's defaults (untried there).
+calls its kernels from generated C++ instead of Python, 3% faster a step on that Xeon (103.7 against 107.1 ms,
+`benchmarks/finetune_step.py --variants compiled compiled_python_wrapper`, three alternated rounds), for about the
+same compilation (the first step of a fit 61-67 s with an empty cache in two runs, 14 s warm); a GPU gets inductor's
+defaults (untried there).
 
 YAML (under `trainer:`):
 

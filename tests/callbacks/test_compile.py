@@ -106,3 +106,19 @@ def test_a_cpu_model_compiles_with_cpp_wrapper_unless_told_otherwise():
     assert mine == {"cpp_wrapper": False, "freezing": False}
     assert TorchCompile(mode="max-autotune").compile_options(cpu)["options"] is None
     assert TorchCompile(backend="aot_eager").compile_options(cpu)["options"] is None  # options are inductor's
+
+    # and a fit compiles the model with them (on the trainer's device)
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    class Recorded(nn.Linear):
+        def compile(self, **kwargs):
+            self.kwargs = kwargs
+            super().compile(**kwargs)
+
+    pl_module = SimpleNamespace(model=Recorded(2, 2), teacher=None)
+    trainer = SimpleNamespace(estimated_stepping_batches=1, strategy=SimpleNamespace(root_device=cpu))
+    TorchCompile().on_fit_start(trainer, pl_module)
+    assert pl_module.model.kwargs == TorchCompile().compile_options(cpu)
+    assert pl_module.model.kwargs["options"] == {"cpp_wrapper": True}
